@@ -1,0 +1,472 @@
+"""YAML → frozen dataclasses, validated once.
+
+Every error names the key, the value and what is allowed, and the CLI exits 78
+(EX_CONFIG) on it. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from daemon.errors import ConfigError
+
+EX_CONFIG = 78
+
+FORMATS = ("txt", "srt", "vtt", "json")
+DEVICES = ("auto", "cpu", "mps", "cuda")
+PRECISIONS = ("auto", "fp16", "fp32", "int8")
+TASKS = ("transcribe", "translate")
+DUPLICATES = ("skip", "transcribe")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+THERMAL_LEVELS = ("nominal", "fair", "serious", "critical")
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny.en"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    threads: int = 0  # 0: choose from the number of cores
+    idle_unload_minutes: float = 10.0
+    engine: str = "openai-whisper"
+    cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    inbox: Path
+    output: Path
+    archive: Path
+    failed: Path
+    formats: tuple[str, ...] = FORMATS
+    language: str = "auto"
+    task: str = "transcribe"
+    immediate: bool = False
+    duplicates: str = "skip"
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    settle_seconds: float = 5.0
+    rescan_minutes: float = 10.0
+    poll_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_attempts: int = 3
+    lease_seconds: float = 120.0
+    retry_base_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    windows: tuple[str, ...] = ()
+    days: tuple[str, ...] = ()
+    max_concurrency: int = 1
+    misfire_grace_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
+class ThermalConfig:
+    source: str = "auto"  # auto | file:/path | none
+    fair_celsius: float = 70.0
+    serious_celsius: float = 85.0
+    critical_celsius: float = 95.0
+    cooldown_seconds: float = 120.0
+    on_fair: int = 1  # slots allowed at fair
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    floor_gb: float = 2.0
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    prevent_sleep: bool = True
+    only_on_ac_power: bool = False
+    only_when_idle_minutes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    database: str
+    state_dir: Path
+    log_dir: Path | None
+    model: ModelConfig
+    folders: tuple[FolderConfig, ...]
+    watch: WatchConfig = WatchConfig()
+    jobs: JobsConfig = JobsConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    thermal: ThermalConfig = ThermalConfig()
+    memory: MemoryConfig = MemoryConfig()
+    power: PowerConfig = PowerConfig()
+    notify: bool = True
+    label: str = "com.whisperd.agent"
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def database_path(self) -> Path | None:
+        """The SQLite file behind ``database``, if it is one."""
+        prefix = "sqlite:///"
+        if self.database.startswith(prefix) and self.database != "sqlite:///:memory:":
+            return Path(self.database[len(prefix):])
+        return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(key: str, value: Any, allowed: str, line: int | None = None) -> ConfigError:
+    where = f" (line {line})" if line else ""
+    return ConfigError(f"config key '{key}'{where} has value {value!r}; allowed: {allowed}")
+
+
+class _Section:
+    """Reads one mapping, remembering which keys were used so unknown keys can be named."""
+
+    def __init__(self, data: Any, prefix: str, lines: dict[str, int]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise _fail(prefix.rstrip("."), data, "a mapping of keys to values", lines.get(prefix.rstrip(".")))
+        self.data = data
+        self.prefix = prefix
+        self.lines = lines
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def line(self, name: str) -> int | None:
+        return self.lines.get(self.key(name))
+
+    def get(self, name: str, default: Any, convert: Callable[[Any], Any], allowed: str) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as exc:
+            raise _fail(self.key(name), value, allowed, self.line(name)) from exc
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def conv(v: Any) -> str:
+            if not isinstance(v, str) or v.lower() not in choices:
+                raise ValueError
+            return v.lower()
+
+        return self.get(name, default, conv, "one of " + ", ".join(choices))
+
+    def number(self, name: str, default: float, minimum: float = 0.0, integer: bool = False) -> Any:
+        def conv(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError
+            if integer and int(v) != v:
+                raise ValueError
+            if v < minimum:
+                raise ValueError
+            return int(v) if integer else float(v)
+
+        kind = "a whole number" if integer else "a number"
+        return self.get(name, default, conv, f"{kind} of at least {minimum:g}")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def conv(v: Any) -> bool:
+            if not isinstance(v, bool):
+                raise ValueError
+            return v
+
+        return self.get(name, default, conv, "true or false")
+
+    def text(self, name: str, default: Any) -> Any:
+        def conv(v: Any) -> str:
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool) or str(v).strip() == "":
+                raise ValueError
+            return str(v)
+
+        return self.get(name, default, conv, "a non-empty string")
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.used:
+                raise ConfigError(
+                    f"config key '{self.key(str(name))}'"
+                    + (f" (line {self.line(str(name))})" if self.line(str(name)) else "")
+                    + " is not a known setting; check its spelling against config.example.yaml"
+                )
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths (``folders.0.inbox``) to 1-based line numbers."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                key = f"{prefix}{i}"
+                lines[key] = item.start_mark.line + 1
+                walk(item, key + ".")
+
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    if not p.is_absolute():
+        p = base / p
+    return Path(os.path.normpath(p))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _model(data: Any, lines: dict[str, int], base: Path) -> ModelConfig:
+    s = _Section(data, "model.", lines)
+    name = s.text("name", "tiny.en")
+    cache = s.text("cache_dir", None)
+    m = ModelConfig(
+        name=name,
+        device=s.choice("device", "auto", DEVICES),
+        precision=s.choice("precision", "auto", PRECISIONS),
+        batch_size=s.number("batch_size", 8, minimum=1, integer=True),
+        threads=s.number("threads", 0, minimum=0, integer=True),
+        idle_unload_minutes=s.number("idle_unload_minutes", 10.0),
+        engine=s.choice("engine", "openai-whisper", ("openai-whisper", "faster-whisper")),
+        cache_dir=_resolve(base, cache) if cache else None,
+    )
+    s.finish()
+    return m
+
+
+def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderConfig:
+    s = _Section(data, f"folders.{index}.", lines)
+    inbox = s.text("inbox", None)
+    if inbox is None:
+        raise _fail(s.key("inbox"), None, "a folder path (every folder entry needs an inbox)", lines.get(f"folders.{index}"))
+    inbox_p = _resolve(base, inbox)
+
+    def sibling(name: str) -> Path:
+        value = s.text(name, None)
+        return _resolve(base, value) if value else inbox_p.parent / name
+
+    def formats(v: Any) -> tuple[str, ...]:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or any(not isinstance(x, str) or x.lower() not in FORMATS for x in v):
+            raise ValueError
+        return tuple(dict.fromkeys(x.lower() for x in v))
+
+    def language(v: Any) -> str:
+        if not isinstance(v, str) or not re.fullmatch(r"auto|[a-z]{2,3}|[A-Za-z ]+", v):
+            raise ValueError
+        return v.lower()
+
+    f = FolderConfig(
+        inbox=inbox_p,
+        output=sibling("output"),
+        archive=sibling("archive"),
+        failed=sibling("failed"),
+        formats=s.get("formats", FORMATS, formats, "a list drawn from " + ", ".join(FORMATS)),
+        language=s.get("language", "auto", language, "auto, or a language code such as en, de, zh"),
+        task=s.choice("task", "transcribe", TASKS),
+        immediate=s.boolean("immediate", False),
+        duplicates=s.choice("duplicates", "skip", DUPLICATES),
+    )
+    s.finish()
+    for name in ("output", "archive", "failed"):
+        target = getattr(f, name)
+        if _inside(target, f.inbox):
+            raise ConfigError(
+                f"config key 'folders.{index}.{name}' has value {str(target)!r}, which lies inside the inbox "
+                f"{str(f.inbox)!r}; allowed: a folder outside every inbox (otherwise whisperd would transcribe its own results forever)"
+            )
+    return f
+
+
+def _windows(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or any(not isinstance(w, str) or not _WINDOW.match(w.strip()) for w in v):
+        raise ValueError
+    return tuple(w.strip() for w in v)
+
+
+def _days(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or any(not isinstance(d, str) or d.lower()[:3] not in DAYS for d in v):
+        raise ValueError
+    return tuple(d.lower()[:3] for d in v)
+
+
+def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
+    """Validate a loaded YAML document into a Config."""
+    lines = _key_lines(text) if text else {}
+    base = path.parent if path else Path.cwd()
+    top = _Section(data, "", lines)
+
+    database = top.text("database", "sqlite:///state/queue.db")
+    state_dir_raw = top.text("state_dir", None)
+    state_dir = _resolve(base, state_dir_raw) if state_dir_raw else None
+    if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
+        db_file = _resolve(base, database[len("sqlite:///"):])
+        database = f"sqlite:///{db_file}"
+        state_dir = state_dir or db_file.parent
+    state_dir = state_dir or base / "state"
+    log_dir_raw = top.text("log_dir", None)
+
+    def folder_list(v: Any) -> list[Any]:
+        if not isinstance(v, list) or not v:
+            raise ValueError
+        return v
+
+    raw_folders = top.get("folders", None, folder_list, "a non-empty list of folder entries, each with an inbox")
+    if raw_folders is None:
+        raise ConfigError("config key 'folders' is missing; allowed: a non-empty list of folder entries, each with an inbox")
+    folders = tuple(_folder(d, i, lines, base) for i, d in enumerate(raw_folders))
+    for i, f in enumerate(folders):
+        for j, g in enumerate(folders):
+            if i != j:
+                for name in ("output", "archive", "failed"):
+                    if _inside(getattr(g, name), f.inbox):
+                        raise ConfigError(
+                            f"config key 'folders.{j}.{name}' has value {str(getattr(g, name))!r}, which lies inside the inbox of "
+                            f"folders.{i}; allowed: a folder outside every inbox"
+                        )
+        for j, g in enumerate(folders[i + 1 :], start=i + 1):
+            if _inside(f.inbox, g.inbox) or _inside(g.inbox, f.inbox):
+                raise ConfigError(
+                    f"config key 'folders.{j}.inbox' has value {str(g.inbox)!r}, which overlaps folders.{i}.inbox; "
+                    "allowed: inboxes that do not contain one another"
+                )
+
+    w = _Section(top.get("watch", None, lambda v: v, ""), "watch.", lines)
+    watch = WatchConfig(
+        settle_seconds=w.number("settle_seconds", 5.0),
+        rescan_minutes=w.number("rescan_minutes", 10.0, minimum=0.01),
+        poll_seconds=w.number("poll_seconds", 0.5, minimum=0.01),
+    )
+    w.finish()
+
+    j = _Section(top.get("jobs", None, lambda v: v, ""), "jobs.", lines)
+    jobs = JobsConfig(
+        max_attempts=j.number("max_attempts", 3, minimum=1, integer=True),
+        lease_seconds=j.number("lease_seconds", 120.0, minimum=1),
+        retry_base_seconds=j.number("retry_base_seconds", 60.0),
+    )
+    j.finish()
+
+    sc = _Section(top.get("schedule", None, lambda v: v, ""), "schedule.", lines)
+    schedule = ScheduleConfig(
+        windows=sc.get("windows", (), _windows, 'a list of "HH:MM-HH:MM" ranges, e.g. ["22:00-07:00"]'),
+        days=sc.get("days", (), _days, "a list of days: " + ", ".join(DAYS)),
+        max_concurrency=sc.number("max_concurrency", 1, minimum=1, integer=True),
+        misfire_grace_minutes=sc.number("misfire_grace_minutes", 60.0),
+    )
+    sc.finish()
+
+    th = _Section(top.get("thermal", None, lambda v: v, ""), "thermal.", lines)
+
+    def source(v: Any) -> str:
+        if not isinstance(v, str) or not (v in ("auto", "none") or (v.startswith("file:") and len(v) > 5)):
+            raise ValueError
+        return "file:" + str(_resolve(base, v[5:])) if v.startswith("file:") else v
+
+    thermal = ThermalConfig(
+        source=th.get("source", "auto", source, 'auto, none, or "file:/path/to/state"'),
+        fair_celsius=th.number("fair_celsius", 70.0),
+        serious_celsius=th.number("serious_celsius", 85.0),
+        critical_celsius=th.number("critical_celsius", 95.0),
+        cooldown_seconds=th.number("cooldown_seconds", 120.0),
+        on_fair=th.number("on_fair", 1, minimum=0, integer=True),
+    )
+    th.finish()
+
+    me = _Section(top.get("memory", None, lambda v: v, ""), "memory.", lines)
+    memory = MemoryConfig(floor_gb=me.number("floor_gb", 2.0))
+    me.finish()
+
+    po = _Section(top.get("power", None, lambda v: v, ""), "power.", lines)
+    power = PowerConfig(
+        prevent_sleep=po.boolean("prevent_sleep", True),
+        only_on_ac_power=po.boolean("only_on_ac_power", False),
+        only_when_idle_minutes=po.number("only_when_idle_minutes", 0.0),
+    )
+    po.finish()
+
+    cfg = Config(
+        path=path,
+        database=database,
+        state_dir=state_dir,
+        log_dir=_resolve(base, log_dir_raw) if log_dir_raw else None,
+        model=_model(top.get("model", None, lambda v: v, ""), lines, base),
+        folders=folders,
+        watch=watch,
+        jobs=jobs,
+        schedule=schedule,
+        thermal=thermal,
+        memory=memory,
+        power=power,
+        notify=top.boolean("notify", True),
+        label=top.text("label", "com.whisperd.agent"),
+        raw=data if isinstance(data, dict) else {},
+    )
+    top.finish()
+    return cfg
+
+
+def load(path: str | os.PathLike[str], *, check_permissions: bool = True) -> Config:
+    """Read and validate a config file. Raises ConfigError with a plain message."""
+    p = Path(os.path.expanduser(str(path))).absolute()
+    try:
+        st = p.stat()
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} could not be read: {exc}") from None
+    if check_permissions and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"config file {str(p)!r} can be changed by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"allowed: writable by its owner only. Fix it with: chmod go-w {p}"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
+    return parse(data, p, text)

@@ -1,0 +1,1 @@
+"""Speech-to-text backends behind one small interface (see base.py)."""

@@ -1,0 +1,44 @@
+"""One small Engine interface. Backends live beside this file; nothing above
+this package sees a torch tensor, a whisper result or a CTranslate2 object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from daemon.audio import Chunk
+from daemon.jobs import Segment
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str  # "openai-whisper", "faster-whisper"
+    model: str  # the model name or checkpoint path the user configured
+    device: str  # "cpu", "cuda", "mps"
+    precision: str  # "fp32", "fp16", "int8"
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk said. Segment times are seconds into the whole file."""
+
+    index: int
+    start: float
+    end: float
+    segments: tuple[Segment, ...]
+    language: str | None
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+        """Transcribe a batch of chunks (possibly from several files) in one go.
+
+        ``language`` None means detect it. Returns one result per chunk, same order.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...

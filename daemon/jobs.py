@@ -1,0 +1,108 @@
+"""The Job value object and its states. No I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class State(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (State.DONE, State.FAILED)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of transcript; times are seconds from the start of the whole file."""
+
+    start: float
+    end: float
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Segment":
+        return cls(float(d["start"]), float(d["end"]), str(d["text"]))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Work saved between chunks: everything before ``offset`` seconds is transcribed."""
+
+    offset: float = 0.0
+    segments: tuple[Segment, ...] = ()
+    language: str | None = None
+    chunks_done: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "offset": self.offset,
+                "language": self.language,
+                "chunks_done": self.chunks_done,
+                "segments": [s.to_dict() for s in self.segments],
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> "Checkpoint":
+        if not raw:
+            return cls()
+        d = json.loads(raw)
+        return cls(
+            offset=float(d.get("offset", 0.0)),
+            segments=tuple(Segment.from_dict(s) for s in d.get("segments", [])),
+            language=d.get("language"),
+            chunks_done=int(d.get("chunks_done", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file's journey through the queue, as stored in its row."""
+
+    id: int
+    folder: int  # index of the folder entry in the configuration
+    path: str  # absolute path of the original, in its inbox
+    rel: str  # path relative to the inbox (keeps subfolders)
+    state: State
+    content_hash: str | None = None
+    size: int = 0
+    mtime: float = 0.0
+    attempts: int = 0  # times claimed
+    strikes: int = 0  # failed tries that made no progress; compared with jobs.max_attempts
+    progress: float = 0.0
+    duration: float | None = None
+    error: str | None = None
+    model: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    not_before: float = 0.0
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    checkpoint: Checkpoint = Checkpoint()
+    outputs: tuple[str, ...] = ()  # final output paths, chosen once so a retry reuses them
+    destination: str | None = None  # where the original goes (archive or failed), chosen once
+    duplicate_of: int | None = None
+
+    def evolve(self, **changes: Any) -> "Job":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        return self.rel.rsplit("/", 1)[-1]

@@ -1,0 +1,397 @@
+"""The one gateway to the database: every statement whisperd runs lives here.
+
+On SQLite the engine runs in WAL mode with a busy timeout; pysqlite's own
+implicit transactions are switched off and every transaction is begun
+explicitly, writes with ``BEGIN IMMEDIATE`` so that a claim takes the write
+lock before it reads (huey does the same). Claiming is one
+``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``; on PostgreSQL the
+sub-select gains ``FOR UPDATE SKIP LOCKED`` (SQLAlchemy silently drops that
+clause on SQLite, where the write lock already serialises claims).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.exc import IntegrityError
+
+from daemon.errors import DatabaseError
+from daemon.jobs import Checkpoint, Job, State
+from daemon.queue.schema import ACTIVE, jobs, metadata
+
+log = logging.getLogger("whisperd.queue")
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _job(row: RowMapping) -> Job:
+    return Job(
+        id=row["id"],
+        folder=row["folder"],
+        path=row["path"],
+        rel=row["rel"],
+        state=State(row["state"]),
+        content_hash=row["content_hash"],
+        size=row["size"] or 0,
+        mtime=row["mtime"] or 0.0,
+        attempts=row["attempts"] or 0,
+        strikes=row["strikes"] or 0,
+        progress=row["progress"] or 0.0,
+        duration=row["duration"],
+        error=row["error"],
+        model=row["model"],
+        device=row["device"],
+        precision=row["precision"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        not_before=row["not_before"] or 0.0,
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+        checkpoint=Checkpoint.from_json(row["checkpoint"]),
+        outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
+        destination=row["destination"],
+        duplicate_of=row["duplicate_of"],
+    )
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database file readable by the user alone, and move a corrupt one aside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        return
+    os.chmod(path, 0o600)
+    try:
+        con = sqlite3.connect(path)
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+        if ok and ok[0] == "ok":
+            return
+        reason = str(ok[0]) if ok else "no answer"
+    except sqlite3.DatabaseError as exc:
+        reason = str(exc)
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 2
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    log.error(
+        "the queue database %s was damaged (%s); it was moved to %s and a new one is built by rescanning the inboxes",
+        path,
+        reason,
+        aside,
+        extra={"action": "queue.corrupt"},
+    )
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+class Queue:
+    """All reads and writes of jobs. Returns frozen Job values, never rows."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            _prepare_sqlite_file(Path(url[len("sqlite:///"):]))
+        try:
+            self.engine: Engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if self.is_sqlite else {})
+        except Exception as exc:  # a bad URL or a missing driver
+            raise DatabaseError(f"the queue database {url!r} could not be opened: {exc}") from exc
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
+        try:
+            with self._write() as conn:
+                metadata.create_all(conn)
+        except SADatabaseError as exc:
+            raise DatabaseError(f"the queue database {url!r} could not be opened: {exc.orig}") from exc
+
+    # -- connection plumbing -------------------------------------------------
+
+    @staticmethod
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @staticmethod
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("whisperd_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(whisperd_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        return _job(row) if row else None
+
+    def all(self) -> list[Job]:
+        with self._read() as conn:
+            rows = conn.execute(select(jobs).order_by(jobs.c.id)).mappings().all()
+        return [_job(r) for r in rows]
+
+    def active_for(self, path: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.path == path, jobs.c.state.in_(ACTIVE))).mappings().first()
+        return _job(row) if row else None
+
+    def done_with_hash(self, content_hash: str, exclude_id: int | None = None) -> Job | None:
+        """The first finished transcription of this content, if any (for duplicates)."""
+        q = select(jobs).where(
+            jobs.c.content_hash == content_hash, jobs.c.state == State.DONE.value, jobs.c.duplicate_of.is_(None)
+        )
+        if exclude_id is not None:
+            q = q.where(jobs.c.id != exclude_id)
+        with self._read() as conn:
+            row = conn.execute(q.order_by(jobs.c.id).limit(1)).mappings().first()
+        return _job(row) if row else None
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        out = {s.value: 0 for s in State}
+        out.update({state: n for state, n in rows})
+        return out
+
+    def pending(self) -> int:
+        """Jobs that still need work (queued or running)."""
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(jobs).where(jobs.c.state.in_(ACTIVE))).scalar_one()
+
+    def next_wakeup(self) -> float | None:
+        """When the earliest backed-off job becomes claimable."""
+        with self._read() as conn:
+            return conn.execute(
+                select(func.min(jobs.c.not_before)).where(jobs.c.state == State.QUEUED.value)
+            ).scalar_one_or_none()
+
+    # -- writes --------------------------------------------------------------
+
+    def enqueue(self, *, folder: int, path: str, rel: str, size: int, mtime: float, content_hash: str | None, now: float) -> Job | None:
+        """Record a settled file. Returns the new job, or None when it is already queued unchanged.
+
+        A queued file whose content changed since is evaluated afresh: its saved
+        progress is dropped.
+        """
+        with self._write() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.path == path, jobs.c.state.in_(ACTIVE))).mappings().first()
+            if row is not None:
+                if row["content_hash"] == content_hash and row["size"] == size:
+                    return None
+                if row["state"] == State.QUEUED.value:
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == row["id"])
+                        .values(content_hash=content_hash, size=size, mtime=mtime, checkpoint=None, offset=0.0, progress=0.0, claim_offset=0.0, duration=None)
+                    )
+                return None
+            try:
+                new = conn.execute(
+                    insert(jobs)
+                    .values(
+                        folder=folder,
+                        path=path,
+                        rel=rel,
+                        state=State.QUEUED.value,
+                        content_hash=content_hash,
+                        size=size,
+                        mtime=mtime,
+                        created_at=now,
+                        not_before=0.0,
+                    )
+                    .returning(*jobs.c)
+                ).mappings().one()
+            except IntegrityError:
+                return None
+        return _job(new)
+
+    def claim(self, owner: str, *, now: float, lease_seconds: float, folders: Sequence[int] | None = None) -> Job | None:
+        """Atomically take the oldest claimable job, or None."""
+        pick = select(jobs.c.id).where(jobs.c.state == State.QUEUED.value, jobs.c.not_before <= now)
+        if folders is not None:
+            pick = pick.where(jobs.c.folder.in_(list(folders)))
+        pick = pick.order_by(jobs.c.created_at, jobs.c.id).limit(1)
+        if not self.is_sqlite:
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == pick.scalar_subquery(), jobs.c.state == State.QUEUED.value)
+            .values(
+                state=State.RUNNING.value,
+                lease_owner=owner,
+                lease_expires=now + lease_seconds,
+                started_at=func.coalesce(jobs.c.started_at, now),
+                attempts=jobs.c.attempts + 1,
+                claim_offset=jobs.c.offset,
+            )
+            .returning(*jobs.c)
+        )
+        with self._write() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _job(row) if row else None
+
+    def _owned(self, job_id: int, owner: str) -> Any:
+        return (jobs.c.id == job_id) & (jobs.c.lease_owner == owner) & (jobs.c.state == State.RUNNING.value)
+
+    def heartbeat(self, job_id: int, owner: str, *, now: float, lease_seconds: float) -> bool:
+        with self._write() as conn:
+            res = conn.execute(update(jobs).where(self._owned(job_id, owner)).values(lease_expires=now + lease_seconds))
+        return res.rowcount == 1
+
+    def save_checkpoint(
+        self, job_id: int, owner: str, checkpoint: Checkpoint, *, duration: float | None, now: float, lease_seconds: float
+    ) -> bool:
+        """Persist the chunks done so far; False when this worker no longer holds the job."""
+        progress = min(1.0, checkpoint.offset / duration) if duration else 0.0
+        with self._write() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(self._owned(job_id, owner))
+                .values(
+                    checkpoint=checkpoint.to_json(),
+                    offset=checkpoint.offset,
+                    progress=progress,
+                    lease_expires=now + lease_seconds,
+                )
+            )
+        return res.rowcount == 1
+
+    def annotate(self, job_id: int, owner: str, **values: Any) -> bool:
+        """Record facts learnt while running: duration, model, device, precision."""
+        allowed = {"duration", "model", "device", "precision"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot annotate {sorted(unknown)}")
+        with self._write() as conn:
+            res = conn.execute(update(jobs).where(self._owned(job_id, owner)).values(**values))
+        return res.rowcount == 1
+
+    def plan(self, job_id: int, owner: str, *, outputs: Sequence[str] | None = None, destination: str | None = None) -> bool:
+        """Remember the names chosen for outputs and the original, before anything is written under them."""
+        values: dict[str, Any] = {}
+        if outputs is not None:
+            values["outputs"] = json.dumps(list(outputs), ensure_ascii=False)
+        if destination is not None:
+            values["destination"] = destination
+        with self._write() as conn:
+            res = conn.execute(update(jobs).where(self._owned(job_id, owner)).values(**values))
+        return res.rowcount == 1
+
+    def finish(
+        self, job_id: int, owner: str, state: State, *, now: float, error: str | None = None, duplicate_of: int | None = None
+    ) -> bool:
+        if not state.finished:
+            raise ValueError(f"finish() takes done or failed, not {state.value}")
+        values: dict[str, Any] = dict(state=state.value, finished_at=now, error=error, lease_owner=None, lease_expires=None)
+        if state is State.DONE:
+            values["progress"] = 1.0
+        if duplicate_of is not None:
+            values["duplicate_of"] = duplicate_of
+        with self._write() as conn:
+            res = conn.execute(update(jobs).where(self._owned(job_id, owner)).values(**values))
+        return res.rowcount == 1
+
+    def retry_later(self, job_id: int, owner: str, *, error: str, not_before: float, strike: bool = True) -> bool:
+        """Give a job back to the queue after a transient error."""
+        with self._write() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(self._owned(job_id, owner))
+                .values(
+                    state=State.QUEUED.value,
+                    error=error,
+                    not_before=not_before,
+                    lease_owner=None,
+                    lease_expires=None,
+                    strikes=jobs.c.strikes + (1 if strike else 0),
+                )
+            )
+        return res.rowcount == 1
+
+    def release(self, job_id: int, owner: str) -> bool:
+        """Hand a job back untouched (shutdown or a thermal pause); its checkpoint stays."""
+        with self._write() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(self._owned(job_id, owner))
+                .values(state=State.QUEUED.value, lease_owner=None, lease_expires=None, attempts=jobs.c.attempts - 1)
+            )
+        return res.rowcount == 1
+
+    def reap(self, *, now: float, owners_alive: Sequence[str] | None = None, everything: bool = False) -> list[Job]:
+        """Return jobs whose lease expired (or every running job, at start) to the queue.
+
+        A crash that made no progress since the job was claimed counts as a strike;
+        one that did progress does not, so a long file that is killed often still
+        finishes while a file that crashes the daemon every time is given up on.
+        """
+        cond = jobs.c.state == State.RUNNING.value
+        if not everything:
+            cond = cond & (jobs.c.lease_expires < now)
+        if owners_alive:
+            cond = cond & jobs.c.lease_owner.not_in(list(owners_alive))
+        with self._write() as conn:
+            rows = conn.execute(
+                update(jobs)
+                .where(cond)
+                .values(
+                    state=State.QUEUED.value,
+                    lease_owner=None,
+                    lease_expires=None,
+                    strikes=jobs.c.strikes + (jobs.c.offset <= jobs.c.claim_offset).cast(jobs.c.strikes.type),
+                    error="whisperd stopped while working on this file; it was picked up again",
+                )
+                .returning(*jobs.c)
+            ).mappings().all()
+        reaped = [_job(r) for r in rows]
+        for job in reaped:
+            log.warning("job %s went back to the queue after its worker stopped", job.id, extra={"action": "job.reaped", "job": job.id})
+        return reaped
+
+    def forget_missing(self, job_id: int, *, now: float, error: str) -> bool:
+        """Fail a queued job whose file vanished before it started."""
+        with self._write() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == State.QUEUED.value)
+                .values(state=State.FAILED.value, finished_at=now, error=error)
+            )
+        return res.rowcount == 1
