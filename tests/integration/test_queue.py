@@ -1,0 +1,125 @@
+import os
+import stat
+import threading
+
+import pytest
+
+from daemon.jobs import Checkpoint, Segment, State
+from daemon.queue import Queue
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = Queue(f"sqlite:///{tmp_path}/state/queue.db")
+    yield q
+    q.close()
+
+
+def add(q, name, h="h", now=1.0, folder=0):
+    return q.enqueue(folder=folder, path=f"/in/{name}", rel=name, size=10, mtime=1.0, content_hash=h + name, now=now)
+
+
+def test_database_is_created_private_and_in_wal_mode(tmp_path, queue):
+    db = tmp_path / "state" / "queue.db"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    with queue.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_a_file_is_queued_once(queue):
+    assert add(queue, "a.wav") is not None
+    assert add(queue, "a.wav") is None
+    assert queue.counts()["queued"] == 1
+
+
+def test_claim_is_fifo_and_exclusive(queue):
+    for i in range(3):
+        add(queue, f"{i}.wav", now=float(i))
+    got = [queue.claim("w", now=10, lease_seconds=60) for _ in range(4)]
+    assert [j.rel for j in got[:3]] == ["0.wav", "1.wav", "2.wav"]
+    assert got[3] is None
+    assert all(j.state is State.RUNNING and j.lease_owner == "w" for j in got[:3])
+
+
+def test_concurrent_claims_never_share_a_job(tmp_path):
+    url = f"sqlite:///{tmp_path}/q.db"
+    setup = Queue(url)
+    for i in range(60):
+        add(setup, f"{i}.wav", now=float(i))
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        q = Queue(url)  # its own engine and connections, as another process would have
+        while (job := q.claim(name, now=100, lease_seconds=60)) is not None:
+            with lock:
+                claimed.append(job.id)
+        q.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == list(range(1, 61))
+    setup.close()
+
+
+def test_checkpoint_finish_and_lease_ownership(queue):
+    add(queue, "a.wav")
+    job = queue.claim("w1", now=0, lease_seconds=60)
+    cp = Checkpoint(offset=30.0, segments=(Segment(0.5, 4.0, "hello"),), language="en", chunks_done=1)
+    assert queue.save_checkpoint(job.id, "w1", cp, duration=60.0, now=1, lease_seconds=60)
+    assert not queue.save_checkpoint(job.id, "intruder", cp, duration=60.0, now=1, lease_seconds=60)
+    got = queue.get(job.id)
+    assert got.checkpoint == cp and got.progress == pytest.approx(0.5)
+    assert queue.finish(job.id, "w1", State.DONE, now=2)
+    assert queue.get(job.id).state is State.DONE and queue.get(job.id).progress == 1.0
+
+
+def test_expired_leases_go_back_to_the_queue_and_progress_forgives_a_strike(queue):
+    add(queue, "stuck.wav")
+    add(queue, "moving.wav")
+    stuck = queue.claim("dead", now=0, lease_seconds=10)
+    moving = queue.claim("dead", now=0, lease_seconds=10)
+    queue.save_checkpoint(moving.id, "dead", Checkpoint(offset=30.0), duration=60, now=1, lease_seconds=10)
+    assert queue.reap(now=5) == []  # not expired yet
+    reaped = {j.rel: j for j in queue.reap(now=100)}
+    assert set(reaped) == {"stuck.wav", "moving.wav"}
+    assert reaped["stuck.wav"].strikes == 1 and reaped["moving.wav"].strikes == 0
+    again = queue.claim("new", now=101, lease_seconds=10)
+    assert again.attempts == 2 and again.checkpoint.offset in (0.0, 30.0)
+
+
+def test_retry_later_backs_off(queue):
+    add(queue, "a.wav")
+    job = queue.claim("w", now=0, lease_seconds=60)
+    queue.retry_later(job.id, "w", error="disk full", not_before=100)
+    assert queue.claim("w", now=50, lease_seconds=60) is None
+    assert queue.claim("w", now=100, lease_seconds=60).id == job.id
+
+
+def test_changed_queued_file_is_evaluated_afresh(queue):
+    add(queue, "a.wav", h="1")
+    queue.enqueue(folder=0, path="/in/a.wav", rel="a.wav", size=99, mtime=2.0, content_hash="2a.wav", now=2)
+    job = queue.active_for("/in/a.wav")
+    assert job.size == 99 and job.content_hash == "2a.wav"
+
+
+def test_done_with_hash_finds_the_first_transcription(queue):
+    first = add(queue, "a.wav", h="same")
+    j = queue.claim("w", now=0, lease_seconds=60)
+    queue.finish(j.id, "w", State.DONE, now=1)
+    second = queue.enqueue(folder=0, path="/in/b.wav", rel="b.wav", size=10, mtime=1, content_hash="samea.wav", now=2)
+    assert queue.done_with_hash("samea.wav", exclude_id=second.id).id == first.id
+
+
+def test_a_corrupt_database_is_moved_aside_not_deleted(tmp_path):
+    db = tmp_path / "queue.db"
+    db.write_bytes(b"this is not a database" * 200)
+    q = Queue(f"sqlite:///{db}")
+    assert q.counts()["queued"] == 0
+    q.close()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("queue.db.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")

@@ -1,0 +1,107 @@
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load, parse
+from daemon.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(textwrap.dedent(text))
+    os.chmod(p, 0o644)
+    return p
+
+
+def test_minimal_config_resolves_paths_relative_to_the_file(tmp_path):
+    cfg = load(write(tmp_path, """
+        folders:
+          - inbox: in
+    """))
+    f = cfg.folders[0]
+    assert f.inbox == tmp_path / "in"
+    assert f.output == tmp_path / "output"
+    assert f.formats == ("txt", "srt", "vtt", "json")
+    assert cfg.database == f"sqlite:///{tmp_path}/state/queue.db"
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.model.name == "tiny.en" and cfg.model.device == "auto"
+
+
+def test_example_config_loads():
+    cfg = load(Path(__file__).parents[2] / "config.example.yaml")
+    assert cfg.folders[0].output.name == "outbox"
+
+
+def test_tilde_expands(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load(write(tmp_path, """
+        folders:
+          - inbox: ~/Recordings
+            output: ~/Transcripts
+    """))
+    assert cfg.folders[0].inbox == tmp_path / "Recordings"
+    assert cfg.folders[0].output == tmp_path / "Transcripts"
+
+
+@pytest.mark.parametrize(
+    "body, key, fragment",
+    [
+        ("model: {device: gpu}\nfolders: [{inbox: in}]", "model.device", "one of auto, cpu, mps, cuda"),
+        ("folders: [{inbox: in, formats: [txt, docx]}]", "folders.0.formats", "txt, srt, vtt, json"),
+        ("folders: [{inbox: in, task: summarize}]", "folders.0.task", "transcribe, translate"),
+        ("folders: []", "folders", "non-empty list"),
+        ("model: {batch_size: 0}\nfolders: [{inbox: in}]", "model.batch_size", "at least 1"),
+        ("schedule: {windows: ['10pm-7am']}\nfolders: [{inbox: in}]", "schedule.windows", "HH:MM-HH:MM"),
+        ("folders: [{inbox: in}]\nnotify: yes please", "notify", "true or false"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, body))
+    msg = str(err.value)
+    assert f"'{key}'" in msg and fragment in msg
+
+
+def test_unknown_key_is_refused_with_its_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"'folders\.0\.outbox' \(line 4\) is not a known setting"):
+        load(write(tmp_path, """
+            folders:
+              - inbox: in
+                outbox: out
+        """))
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML at line 3"):
+        load(write(tmp_path, "folders:\n  - inbox: in\n  output: [unclosed\n"))
+
+
+@pytest.mark.parametrize("which", ["output", "archive", "failed"])
+def test_a_folder_inside_the_inbox_is_refused(tmp_path, which):
+    with pytest.raises(ConfigError, match=f"folders.0.{which}.*inside the inbox"):
+        load(write(tmp_path, f"folders:\n  - inbox: in\n    {which}: in/done\n"))
+
+
+def test_an_output_inside_another_folders_inbox_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="inside the inbox of folders.0"):
+        load(write(tmp_path, "folders:\n  - inbox: a\n  - inbox: b\n    output: a/out\n"))
+
+
+def test_a_config_others_can_write_is_refused(tmp_path):
+    p = write(tmp_path, "folders: [{inbox: in}]\n")
+    os.chmod(p, 0o666)
+    with pytest.raises(ConfigError, match="can be changed by other users"):
+        load(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = parse({"folders": [{"inbox": "in"}]}, tmp_path / "c.yaml")
+    with pytest.raises(AttributeError):
+        cfg.database = "x"  # type: ignore[misc]
