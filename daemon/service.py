@@ -1,0 +1,451 @@
+"""Wiring and the daemon's main loop.
+
+The main thread owns the watcher, the settle check and enqueueing; workers
+own the model. Signal handlers only set flags. What a crash leaves behind
+(running jobs, hidden temporary files) is repaired at the next start, which
+is safe because one lock file lets only one daemon use a state folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon import config as config_mod
+from daemon import files
+from daemon.config import Config
+from daemon.errors import ConfigError, WhisperdError
+from daemon.jobs import State
+from daemon.pipeline import Outcome
+from daemon.queue import Queue
+from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
+from daemon.worker import Permission, Worker
+
+log = logging.getLogger("whisperd.service")
+
+EX_OK = 0
+EX_TEMPFAIL = 75
+STATUS_FILE = "daemon.json"
+
+
+class AlreadyRunning(WhisperdError):
+    """Another whisperd is already running with this state folder."""
+
+    permanent = True
+
+
+class InstanceLock:
+    """An flock on ``state_dir/whisperd.lock``: one daemon per queue."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "whisperd.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "InstanceLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                other = self.path.read_text().strip() or "unknown"
+                raise AlreadyRunning(f"another whisperd (pid {other}) is already running with {self.path.parent}") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class Flags:
+    """Set by signal handlers, read by the loop."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    reload: bool = False
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine_factory: Callable[[], Any] | None = None,
+        governor: Any = None,
+        clock_factory: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        notifier: Any = None,
+        keep_awake: Any = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.monotonic = monotonic
+        self.flags = Flags()
+        self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        if governor is None:
+            from daemon.governor import Governor
+            from daemon.probes import FixedProbe, ThermalLevel
+
+            governor = Governor(config, thermal_probe=FixedProbe(ThermalLevel.NOMINAL, "no probe"))
+        self.governor = governor
+        self._clock_factory = clock_factory
+        self.notifier = notifier
+        self.keep_awake = keep_awake
+        self._rescan_due = True
+        self._engine_factory = engine_factory
+        self._on_outcome_extra = on_outcome
+        self.outcomes: list[Outcome] = []
+        self.workers: list[Worker] = []
+        self.queue: Queue | None = None
+        self.settler = Settler(config.watch.settle_seconds)
+        self._events: set[str] = set()
+        self._events_lock = threading.Lock()
+        self._ignore_windows = False
+        self.decision: Any = None
+        self._status: dict[str, Any] = {}
+        self._permissions: dict[str, Permission] = {}
+
+    # -- signals -------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        self.flags.stop.set()
+        self.flags.wake.set()
+
+    def _on_reload(self, signum: int, _frame: Any) -> None:
+        self.flags.reload = True
+        self.flags.wake.set()
+
+    # -- engine --------------------------------------------------------------
+
+    def _make_engine(self) -> Any:
+        if self._engine_factory is not None:
+            return self._engine_factory()
+        from daemon.engines.loader import load_engine
+
+        cache = self.config.model.cache_dir or self.config.state_dir / "models"
+        return load_engine(self.config.model, cache)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, *, drain: bool = False, ignore_windows: bool = False) -> int:
+        self._ignore_windows = ignore_windows
+        with InstanceLock(self.config.state_dir):
+            self.queue = Queue(self.config.database)
+            try:
+                return self._run(drain)
+            finally:
+                self.queue.close()
+
+    def _run(self, drain: bool) -> int:
+        assert self.queue is not None
+        self._recover()
+        watcher = None
+        timers = None
+        if not drain:
+            watcher = Watcher([f.inbox for f in self.config.folders], self._on_event)
+            watcher.start()
+            timers = self._start_clock()
+        self._start_workers()
+        log.info(
+            "whisperd started: %d inbox(es), model %s%s", len(self.config.folders), self.config.model.name,
+            " (drain)" if drain else "", extra={"action": "service.start"},
+        )
+        try:
+            while not self.flags.stop.is_set():
+                if self.flags.reload:
+                    watcher = self._reload(watcher)
+                self._tick()
+                if drain and self._drained():
+                    break
+                self.flags.wake.wait(self.config.watch.poll_seconds)
+                self.flags.wake.clear()
+        finally:
+            self.flags.stop.set()
+            for w in self.workers:
+                w.wake.set()
+            for w in self.workers:
+                w.join(timeout=60)
+            if watcher is not None:
+                watcher.stop()
+            if timers is not None:
+                timers.shutdown(wait=False)
+            if self.keep_awake is not None:
+                self.keep_awake.stop()
+            if self.notifier is not None:
+                self.notifier.close()
+            self._write_status(stopping=True)
+            log.info("whisperd stopped", extra={"action": "service.stop"})
+        return EX_OK
+
+    def _recover(self) -> None:
+        """Repair what a crash may have left: running jobs and hidden temporary files."""
+        assert self.queue is not None
+        for folder in self.config.folders:
+            for d in (folder.inbox, folder.output, folder.archive, folder.failed):
+                d.mkdir(parents=True, exist_ok=True)
+            for d in (folder.output, folder.archive, folder.failed):
+                files.sweep_temps(d)
+        self.queue.reap(now=self.clock(), everything=True)
+
+    def _start_clock(self) -> Any:
+        """APScheduler as a clock only: it sets flags; the jobs table stays the record of work."""
+        if self._clock_factory is None:
+            return None
+
+        def rescan() -> None:
+            self._rescan_due = True
+            self.flags.wake.set()
+
+        def wake() -> None:
+            self.flags.wake.set()
+
+        timers = self._clock_factory(self.config, on_rescan=rescan, on_reap=wake, on_window_change=wake, on_cleanup=wake)
+        timers.start()
+        return timers
+
+    def _start_workers(self) -> None:
+        for i in range(self.config.schedule.max_concurrency):
+            w = Worker(
+                f"{self.owner_prefix}:w{i}",
+                self.config,
+                self.queue,  # type: ignore[arg-type]
+                engine_factory=self._make_engine,
+                permission=self._permission,
+                stop=self.flags.stop,
+                wake=threading.Event(),
+                on_outcome=self._outcome,
+                clock=self.clock,
+                monotonic=self.monotonic,
+            )
+            self.workers.append(w)
+            w.start()
+
+    def _permission(self, worker: Worker) -> Permission:
+        return self._permissions.get(worker.name, Permission(claim=False))
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if self.notifier is not None:
+            name = os.path.basename(outcome.path)
+            if outcome.state is State.DONE:
+                self.notifier.done(name)
+            else:
+                self.notifier.failed(name, outcome.error or "")
+        if self._on_outcome_extra:
+            self._on_outcome_extra(outcome)
+        self.flags.wake.set()
+
+    def _on_event(self, path: str) -> None:
+        with self._events_lock:
+            self._events.add(path)
+        self.flags.wake.set()
+
+    def _tick(self) -> None:
+        if self._rescan_due:
+            self._rescan_due = False
+            self.rescan()
+        self._drain_events()
+        for settled in self.settler.poll():
+            self._enqueue(settled)
+        self._decide()
+        self._heartbeat()
+        self._power_and_banners()
+
+    def rescan(self) -> None:
+        for i, folder in enumerate(self.config.folders):
+            for found in scan(i, folder.inbox):
+                self.settler.add(found)
+
+    def _drain_events(self) -> None:
+        with self._events_lock:
+            paths, self._events = self._events, set()
+        inboxes = [f.inbox for f in self.config.folders]
+        for path in paths:
+            if path.endswith(os.sep):
+                found = locate(path.rstrip(os.sep), inboxes)
+                if found is not None and os.path.isdir(path) and not os.path.islink(path.rstrip(os.sep)):
+                    for item in scan(found.folder, self.config.folders[found.folder].inbox):
+                        self.settler.add(item)
+                continue
+            found = locate(path, inboxes)
+            if found is not None and os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+                self.settler.add(found)
+
+    def _enqueue(self, settled: Settled) -> None:
+        assert self.queue is not None
+        found = settled.found
+        digest = None
+        if not settled.is_link:
+            try:
+                digest = files.content_hash(Path(found.path))
+            except OSError as exc:
+                log.info("could not read %s yet (%s); will look again", found.rel, exc.strerror, extra={"action": "watch.unreadable"})
+                return
+        job = self.queue.enqueue(
+            folder=found.folder, path=found.path, rel=found.rel, size=settled.size, mtime=settled.mtime,
+            content_hash=digest, now=self.clock(),
+        )
+        if job is not None:
+            log.info("queued %s", found.rel, extra={"action": "job.queued", "job": job.id})
+            for w in self.workers:
+                w.wake.set()
+
+    def _decide(self) -> None:
+        """Turn the governor's verdict into a permission for each worker.
+
+        An idle worker needs a free slot. A busy worker may still take more jobs
+        into its batch (short files sharing the model's window) when its own slot
+        would be allowed: that adds no model and no concurrency.
+        """
+        busy = [w for w in self.workers if w.busy]
+        immediate = tuple(i for i, f in enumerate(self.config.folders) if f.immediate)
+        fresh = self.governor.decide(len(busy), bool(immediate), self._ignore_windows)
+        again = self.governor.decide(len(busy) - 1, bool(immediate), self._ignore_windows) if busy else fresh
+        perms: dict[str, Permission] = {}
+        n_idle = 0
+        for w in self.workers:
+            if w.busy:
+                d, allowed = again, again.slots > 0
+            else:
+                d, allowed = fresh, n_idle < fresh.slots
+                n_idle += 1
+            perms[w.name] = Permission(
+                claim=allowed, folders=immediate if d.immediate_only else None, pause=d.pause_running, reason=d.reason,
+            )
+        self.decision = fresh
+        changed = perms != self._permissions
+        self._permissions = perms
+        if changed:
+            for w in self.workers:
+                w.wake.set()
+        reason = None if any(w.busy for w in self.workers) and not fresh.pause_running else fresh.reason
+        if reason and reason.startswith("busy:"):
+            reason = None
+        self._write_status(reason=reason)
+
+    def _power_and_banners(self) -> None:
+        """Keep the Mac awake while work runs; let it sleep and send one banner when the queue empties."""
+        assert self.queue is not None
+        working = any(w.busy for w in self.workers)
+        empty = not working and self.queue.pending() == 0
+        if self.keep_awake is not None:
+            if working and not self.keep_awake.active:
+                self.keep_awake.start()
+            elif not working and self.keep_awake.active:
+                self.keep_awake.stop()
+        if self.notifier is not None:
+            self.notifier.tick(queue_empty=empty)
+
+    def _heartbeat(self) -> None:
+        assert self.queue is not None
+        now = self.clock()
+        for w in self.workers:
+            for job_id in w.active_jobs():
+                self.queue.heartbeat(job_id, w.name, now=now, lease_seconds=self.config.jobs.lease_seconds)
+        self.queue.reap(now=now)
+
+    def _drained(self) -> bool:
+        assert self.queue is not None
+        if len(self.settler) or any(w.busy for w in self.workers):
+            return False
+        if self.queue.pending() == 0:
+            return True
+        # Work is left that may not start until a window opens: say why and stop (cron-style use).
+        d = self.decision
+        if d is not None and d.slots == 0 and d.blocked_by == "timing":
+            log.info("stopping with work left: %s", d.reason, extra={"action": "service.drain_blocked"})
+            return True
+        return False
+
+    def _reload(self, watcher: Watcher | None) -> Watcher | None:
+        self.flags.reload = False
+        path = self.config.path
+        try:
+            new = config_mod.load(path) if path else self.config
+        except ConfigError as exc:
+            log.error("the new configuration was not loaded, the old one stays in force: %s", exc, extra={"action": "config.reload_failed"})
+            return watcher
+        if new.database != self.config.database or new.state_dir != self.config.state_dir:
+            log.error("the database and state folder cannot change while running; restart whisperd for that", extra={"action": "config.reload_failed"})
+            return watcher
+        self.config = new
+        self.governor.config = new
+        for w in self.workers:
+            w.config = new
+            w.steps.config = new
+        self.settler.settle_seconds = new.watch.settle_seconds
+        if watcher is not None:
+            watcher.stop()
+            watcher = Watcher([f.inbox for f in new.folders], self._on_event)
+            watcher.start()
+        self._rescan_due = True
+        log.info("configuration reloaded", extra={"action": "config.reload"})
+        return watcher
+
+    # -- status for `whisperd status` -----------------------------------------
+
+    def _write_status(self, reason: str | None = None, stopping: bool = False) -> None:
+        status = {
+            "pid": os.getpid(),
+            "running": not stopping,
+            "reason": reason,
+            "workers": len(self.workers),
+        }
+        if status == self._status:
+            return
+        self._status = status
+        try:
+            files.write_atomic(
+                self.config.state_dir, STATUS_FILE, json.dumps({**status, "updated": self.clock()}).encode(), replace=True
+            )
+        except OSError:
+            pass
+
+
+def read_status(config: Config) -> dict[str, Any]:
+    """What the running daemon last said about itself, if it is running."""
+    try:
+        data = json.loads((config.state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {"running": False}
+    pid = data.get("pid")
+    alive = False
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+    data["running"] = bool(data.get("running")) and alive
+    return data
+
+
+def summarize(states: dict[str, int]) -> str:
+    return ", ".join(f"{states.get(s.value, 0)} {s.value}" for s in State)

@@ -1,0 +1,280 @@
+"""A worker: one model, a batch loop, and the jobs it has claimed.
+
+Chunks of several jobs share a batch, so a backlog of short voice memos does
+not pay one 30 s window each. Between batches the worker checkpoints every
+job it touched and asks whether to pause (heat, shutdown); a pause hands the
+jobs back to the queue with their progress kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from daemon import audio
+from daemon.config import Config
+from daemon.engines.base import ChunkResult, Engine
+from daemon.errors import ModelError
+from daemon.jobs import Job
+from daemon.pipeline import JobRun, LeaseLost, Outcome, Steps
+from daemon.queue import Queue
+
+log = logging.getLogger("whisperd.worker")
+
+MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files
+
+
+@dataclass(frozen=True)
+class Permission:
+    """What the service allows this worker right now."""
+
+    claim: bool  # may start new jobs
+    folders: tuple[int, ...] | None = None  # only from these folders (None: any)
+    pause: bool = False  # hand running jobs back at the next chunk boundary
+    reason: str | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        queue: Queue,
+        *,
+        engine_factory: Callable[[], Engine],
+        permission: Callable[["Worker"], Permission],
+        stop: threading.Event,
+        wake: threading.Event,
+        on_outcome: Callable[[Outcome], None] = lambda o: None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.queue = queue
+        self.steps = Steps(config, queue, owner=name, clock=clock)
+        self.engine_factory = engine_factory
+        self.permission = permission
+        self.stop = stop
+        self.wake = wake
+        self.on_outcome = on_outcome
+        self.clock = clock
+        self.monotonic = monotonic
+        self.engine: Engine | None = None
+        self.vad: audio.Vad | None = None
+        self.runs: list[JobRun] = []
+        self.idle_since = monotonic()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread:
+            self.thread.join(timeout)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.runs)
+
+    def active_jobs(self) -> list[int]:
+        return [r.job.id for r in list(self.runs)]
+
+    def _main(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if not self.step():
+                    self._idle()
+        except BaseException as exc:  # never die silently: the service restarts work from the queue
+            self.error = exc
+            log.exception("worker %s stopped on an unexpected error", self.name, extra={"action": "worker.crash"})
+        finally:
+            self._release_all("whisperd is stopping")
+            self._unload()
+
+    def _idle(self) -> None:
+        limit = self.config.model.idle_unload_minutes * 60
+        if self.engine is not None and self.monotonic() - self.idle_since > limit:
+            log.info("model unloaded after %.0f idle minutes", limit / 60, extra={"action": "model.unload"})
+            self._unload()
+        self.wake.wait(self.config.watch.poll_seconds)
+        self.wake.clear()
+
+    def _unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            gc.collect()
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            self.engine = self.engine_factory()
+            info = self.engine.info
+            log.info(
+                "model %s loaded on %s at %s (%s)", info.model, info.device, info.precision, info.name,
+                extra={"action": "model.load"},
+            )
+        if self.vad is None:
+            self.vad = audio.Vad()
+        return self.engine
+
+    # -- one turn of the loop --------------------------------------------------
+
+    def step(self) -> bool:
+        """Claim, batch, transcribe, finish what is done. False when there was nothing to do."""
+        perm = self.permission(self)
+        if perm.pause and self.runs:
+            self._release_all(perm.reason or "paused")
+            return False
+        batch = self._fill(perm)
+        if batch:
+            self._transcribe(batch)
+        self._complete_finished()
+        if self.runs or batch:
+            self.idle_since = self.monotonic()
+            return True
+        return False
+
+    def _claim(self, perm: Permission) -> tuple[bool, JobRun | None]:
+        """(whether a job was claimed, its run if it goes on to transcription)."""
+        if not perm.claim or self.stop.is_set():
+            return False, None
+        job = self.queue.claim(self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=perm.folders)
+        if job is None:
+            return False, None
+        return True, self._open(job)
+
+    def _open(self, job: Job) -> JobRun | None:
+        """Checks before any transcription; a problem here ends or postpones the job."""
+        steps = self.steps
+        try:
+            if job.strikes >= self.config.jobs.max_attempts:
+                raise _CrashLoop(job.strikes)
+            steps.check_source(job)
+            first = steps.duplicate_of(job)
+            if first is not None:
+                self.on_outcome(steps.complete_duplicate(job, first))
+                return None
+            info = audio.probe(job.path)
+            engine = self._engine()
+            self.queue.annotate(
+                job.id, self.name, duration=info.duration, model=engine.info.model, device=engine.info.device,
+                precision=engine.info.precision,
+            )
+            run = JobRun(job, steps.folder(job), info, self.vad)  # type: ignore[arg-type]
+        except LeaseLost:
+            return None
+        except Exception as exc:
+            self._error(job, exc)
+            return None
+        log.info(
+            "started %s (%.0f s of audio%s)", job.rel, info.duration or 0,
+            f", resuming at {job.checkpoint.offset:.0f} s" if job.checkpoint.offset else "",
+            extra={"action": "job.start", "job": job.id},
+        )
+        self.runs.append(run)
+        return run
+
+    def _fill(self, perm: Permission) -> list[tuple[JobRun, list[audio.Chunk]]]:
+        """Take up to batch_size chunks, from the open runs first, then from newly claimed jobs."""
+        size = self.config.model.batch_size
+        batch: list[tuple[JobRun, list[audio.Chunk]]] = []
+        key = None
+        count = 0
+        runs = list(self.runs)
+        while count < size:
+            if not runs:
+                if len(self.runs) >= MAX_RUNS or self.stop.is_set():
+                    break
+                claimed, new = self._claim(perm)
+                if new is None:
+                    if claimed:
+                        continue  # that job ended at once (failed, duplicate); try the next one
+                    break
+                runs = [new]
+            run = runs.pop(0)
+            if key is not None and run.batch_key != key:
+                continue
+            try:
+                chunks = run.take(size - count)
+            except Exception as exc:
+                self._drop(run, exc)
+                continue
+            if chunks:
+                key = run.batch_key
+                batch.append((run, chunks))
+                count += len(chunks)
+        return batch
+
+    def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]]) -> None:
+        chunks: list[audio.Chunk] = [c for _, cs in batch for c in cs]
+        language, task = batch[0][0].batch_key
+        try:
+            results = self._engine().transcribe(chunks, language=language, task=task)
+        except Exception as exc:
+            err = exc if isinstance(exc, ModelError) else ModelError(f"The speech model failed on this file ({type(exc).__name__}: {exc}).")
+            for run, _ in batch:
+                self._drop(run, err)
+            return
+        by_key: dict[str, list[ChunkResult]] = {}
+        for chunk, result in zip(chunks, results):
+            by_key.setdefault(chunk.key, []).append(result)
+        now = self.clock()
+        for run, _ in batch:
+            cp = run.accept(by_key.get(str(run.job.id), []))
+            if not self.queue.save_checkpoint(
+                run.job.id, self.name, cp, duration=run.duration, now=now, lease_seconds=self.config.jobs.lease_seconds
+            ):
+                log.warning("lost the lease on job %s; leaving it to its new owner", run.job.id, extra={"action": "job.lease_lost", "job": run.job.id})
+                self.runs.remove(run)
+
+    def _complete_finished(self) -> None:
+        for run in [r for r in self.runs if r.done]:
+            self.runs.remove(run)
+            engine = self._engine()
+            try:
+                self.on_outcome(self.steps.complete(run.job, run, engine.info))
+            except LeaseLost:
+                continue
+            except Exception as exc:
+                self._error(run.job, exc)
+
+    def _drop(self, run: JobRun, exc: BaseException) -> None:
+        if run in self.runs:
+            self.runs.remove(run)
+        self._error(run.job, exc)
+
+    def _error(self, job: Job, exc: BaseException) -> None:
+        try:
+            outcome = self.steps.handle_error(job, exc)
+        except LeaseLost:
+            return
+        except Exception:
+            log.exception("could not record the failure of job %s", job.id, extra={"action": "job.error", "job": job.id})
+            return
+        if outcome is not None:
+            self.on_outcome(outcome)
+
+    def _release_all(self, reason: str) -> None:
+        for run in list(self.runs):
+            self.queue.release(run.job.id, self.name)
+            log.info("handed back %s at %.0f s: %s", run.job.rel, run.checkpoint.offset, reason, extra={"action": "job.release", "job": run.job.id})
+        self.runs.clear()
+
+
+class _CrashLoop(ModelError):
+    permanent = True
+
+    def __init__(self, strikes: int) -> None:
+        super().__init__(
+            f"whisperd stopped unexpectedly {strikes} times while working on this file without getting further, "
+            "so it gave up. The file may be damaged; try exporting it again."
+        )
