@@ -60,7 +60,7 @@ def run(config_path: str, drain: bool, ignore_windows: bool, verbose: bool) -> N
     setup_logging(config.log_dir, verbose=verbose, to_console=True)
     try:
         parts = build_service_parts(config)
-        service = Service(config, **parts)
+        service = Service(config, verbose=verbose, **parts)
         service.install_signal_handlers()
         code = service.run(drain=drain, ignore_windows=ignore_windows)
     except AlreadyRunning as exc:
@@ -171,16 +171,14 @@ def transcribe(files: tuple[Path, ...], output_dir: Path, model_name: str | None
     sys.exit(code)
 
 
-def _register_extra() -> None:
-    try:
-        from daemon.cli_service import agent, doctor, logs
-    except ImportError:
-        return
+def _register_service_commands() -> None:
+    from daemon.cli_service import agent, doctor, logs
+
     for command in (agent, doctor, logs):
         main.add_command(command)
 
 
-_register_extra()
+_register_service_commands()
 
 if __name__ == "__main__":
     main()
