@@ -36,6 +36,10 @@ class NotAudioError(AudioError):
     """This file is not audio or video that whisperd can read. Convert it to a common format (m4a, mp3, wav) and drop it in again."""
 
 
+class EmptyFileError(NotAudioError):
+    """This file is empty (0 bytes), so there is nothing to transcribe."""
+
+
 class NoAudioStreamError(AudioError):
     """This file has no audio track, so there is nothing to transcribe."""
 

@@ -29,13 +29,36 @@ from daemon.jobs import State
 from daemon.pipeline import Outcome
 from daemon.queue import Queue
 from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
-from daemon.worker import Permission, Worker
+from daemon.procs import WorkerProcess, log_listener, new_log_queue
+from daemon.worker import Permission
 
 log = logging.getLogger("whisperd.service")
 
 EX_OK = 0
 EX_TEMPFAIL = 75
 STATUS_FILE = "daemon.json"
+STOP_SECONDS = 15.0  # launchd's ExitTimeOut is 20 s
+
+
+def _owner_alive(owner: str) -> bool:
+    """Is the worker process named in a lease (host:pid:name) still running on this machine?"""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname():
+        return True  # another machine's worker: its lease expiring is the only sign
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AlreadyRunning(WhisperdError):
@@ -87,8 +110,8 @@ class Service:
         self,
         config: Config,
         *,
-        engine_factory: Callable[[], Any] | None = None,
         governor: Any = None,
+        verbose: bool = False,
         clock_factory: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -111,10 +134,10 @@ class Service:
         self.notifier = notifier
         self.keep_awake = keep_awake
         self._rescan_due = True
-        self._engine_factory = engine_factory
+        self.verbose = verbose
         self._on_outcome_extra = on_outcome
         self.outcomes: list[Outcome] = []
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerProcess] = []
         self.queue: Queue | None = None
         self.settler = Settler(config.watch.settle_seconds)
         self._events: set[str] = set()
@@ -140,26 +163,21 @@ class Service:
         self.flags.reload = True
         self.flags.wake.set()
 
-    # -- engine --------------------------------------------------------------
-
-    def _make_engine(self) -> Any:
-        if self._engine_factory is not None:
-            return self._engine_factory()
-        from daemon.engines.loader import load_engine
-
-        cache = self.config.model.cache_dir or self.config.state_dir / "models"
-        return load_engine(self.config.model, cache)
-
     # -- the loop ------------------------------------------------------------
 
     def run(self, *, drain: bool = False, ignore_windows: bool = False) -> int:
         self._ignore_windows = ignore_windows
         with InstanceLock(self.config.state_dir):
             self.queue = Queue(self.config.database)
+            log_queue = new_log_queue()
+            listener = log_listener(log_queue)
+            self._log_queue = log_queue
             try:
                 return self._run(drain)
             finally:
                 self.queue.close()
+                listener.stop()
+                log_queue.close()
 
     def _run(self, drain: bool) -> int:
         assert self.queue is not None
@@ -186,10 +204,7 @@ class Service:
                 self.flags.wake.clear()
         finally:
             self.flags.stop.set()
-            for w in self.workers:
-                w.wake.set()
-            for w in self.workers:
-                w.join(timeout=60)
+            self._stop_workers()
             if watcher is not None:
                 watcher.stop()
             if timers is not None:
@@ -210,7 +225,8 @@ class Service:
                 d.mkdir(parents=True, exist_ok=True)
             for d in (folder.output, folder.archive, folder.failed):
                 files.sweep_temps(d)
-        self.queue.reap(now=self.clock(), everything=True)
+        alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
+        self.queue.reap(now=self.clock(), everything=True, owners_alive=alive)
 
     def _start_clock(self) -> Any:
         """APScheduler as a clock only: it sets flags; the jobs table stays the record of work."""
@@ -229,24 +245,35 @@ class Service:
         return timers
 
     def _start_workers(self) -> None:
-        for i in range(self.config.schedule.max_concurrency):
-            w = Worker(
-                f"{self.owner_prefix}:w{i}",
-                self.config,
-                self.queue,  # type: ignore[arg-type]
-                engine_factory=self._make_engine,
-                permission=self._permission,
-                stop=self.flags.stop,
-                wake=threading.Event(),
-                on_outcome=self._outcome,
-                clock=self.clock,
-                monotonic=self.monotonic,
-            )
-            self.workers.append(w)
-            w.start()
+        """Handles only; a worker process starts when there is work it may do."""
+        self.workers = [
+            WorkerProcess(f"w{i}", self.config, self._log_queue, verbose=self.verbose)
+            for i in range(self.config.schedule.max_concurrency)
+        ]
 
-    def _permission(self, worker: Worker) -> Permission:
-        return self._permissions.get(worker.name, Permission(claim=False))
+    def _stop_workers(self) -> None:
+        """Let each worker finish its chunk and save its place, within launchd's exit timeout."""
+        for w in self.workers:
+            w.send("stop")
+        deadline = self.monotonic() + STOP_SECONDS
+        for w in self.workers:
+            w.stop(timeout=max(0.5, deadline - self.monotonic()))
+            for outcome in w.poll():
+                self._outcome(outcome)
+
+    def _poll_workers(self) -> None:
+        assert self.queue is not None
+        for w in self.workers:
+            for outcome in w.poll():
+                self._outcome(outcome)
+            owner = w.owner
+            code = w.reap_if_dead()
+            if code is not None:
+                if code != 0:
+                    log.error("worker %s ended unexpectedly (exit code %s); its jobs go back to the queue", w.name, code,
+                              extra={"action": "worker.crash"})
+                if owner:
+                    self.queue.reap(now=self.clock(), owner=owner)
 
     def _outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -272,6 +299,7 @@ class Service:
         self._drain_events()
         for settled in self.settler.poll():
             self._enqueue(settled)
+        self._poll_workers()
         self._decide()
         self._heartbeat()
         self._power_and_banners()
@@ -313,7 +341,7 @@ class Service:
         if job is not None:
             log.info("queued %s", found.rel, extra={"action": "job.queued", "job": job.id})
             for w in self.workers:
-                w.wake.set()
+                w.send("wake")
 
     def _decide(self) -> None:
         """Turn the governor's verdict into a permission for each worker.
@@ -338,11 +366,13 @@ class Service:
                 claim=allowed, folders=immediate if d.immediate_only else None, pause=d.pause_running, reason=d.reason,
             )
         self.decision = fresh
-        changed = perms != self._permissions
         self._permissions = perms
-        if changed:
-            for w in self.workers:
-                w.wake.set()
+        for w in self.workers:
+            perm = perms[w.name]
+            if not w.alive and perm.claim and self.queue.claimable(self.clock(), perm.folders):
+                w.start()
+            if w.alive:
+                w.allow(perm)
         reason = None if any(w.busy for w in self.workers) and not fresh.pause_running else fresh.reason
         if reason and reason.startswith("busy:"):
             reason = None
@@ -366,7 +396,8 @@ class Service:
         now = self.clock()
         for w in self.workers:
             for job_id in w.active_jobs():
-                self.queue.heartbeat(job_id, w.name, now=now, lease_seconds=self.config.jobs.lease_seconds)
+                if w.owner:
+                    self.queue.heartbeat(job_id, w.owner, now=now, lease_seconds=self.config.jobs.lease_seconds)
         self.queue.reap(now=now)
 
     def _drained(self) -> bool:
@@ -377,7 +408,15 @@ class Service:
             return True
         # Work is left that may not start until a window opens: say why and stop (cron-style use).
         d = self.decision
-        if d is not None and d.slots == 0 and d.blocked_by == "timing":
+        if d is None:
+            return False
+        immediate = [i for i, f in enumerate(self.config.folders) if f.immediate]
+        outside_window = (d.slots == 0 and d.blocked_by == "timing") or (
+            d.immediate_only
+            and self.queue.claimable(self.clock(), immediate) == 0
+            and self.queue.counts()[State.RUNNING.value] == 0
+        )
+        if outside_window:
             log.info("stopping with work left: %s", d.reason, extra={"action": "service.drain_blocked"})
             return True
         return False
@@ -396,8 +435,7 @@ class Service:
         self.config = new
         self.governor.config = new
         for w in self.workers:
-            w.config = new
-            w.steps.config = new
+            w.config = new  # used by the next worker process it starts
         self.settler.settle_seconds = new.watch.settle_seconds
         if watcher is not None:
             watcher.stop()

@@ -51,7 +51,6 @@ class Worker:
         wake: threading.Event,
         on_outcome: Callable[[Outcome], None] = lambda o: None,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.config = config
@@ -63,23 +62,9 @@ class Worker:
         self.wake = wake
         self.on_outcome = on_outcome
         self.clock = clock
-        self.monotonic = monotonic
         self.engine: Engine | None = None
         self.vad: audio.Vad | None = None
         self.runs: list[JobRun] = []
-        self.idle_since = monotonic()
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    # -- lifecycle -----------------------------------------------------------
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.thread:
-            self.thread.join(timeout)
 
     @property
     def busy(self) -> bool:
@@ -88,25 +73,10 @@ class Worker:
     def active_jobs(self) -> list[int]:
         return [r.job.id for r in list(self.runs)]
 
-    def _main(self) -> None:
-        try:
-            while not self.stop.is_set():
-                if not self.step():
-                    self._idle()
-        except BaseException as exc:  # never die silently: the service restarts work from the queue
-            self.error = exc
-            log.exception("worker %s stopped on an unexpected error", self.name, extra={"action": "worker.crash"})
-        finally:
-            self._release_all("whisperd is stopping")
-            self._unload()
-
-    def _idle(self) -> None:
-        limit = self.config.model.idle_unload_minutes * 60
-        if self.engine is not None and self.monotonic() - self.idle_since > limit:
-            log.info("model unloaded after %.0f idle minutes", limit / 60, extra={"action": "model.unload"})
-            self._unload()
-        self.wake.wait(self.config.watch.poll_seconds)
-        self.wake.clear()
+    def shutdown(self, reason: str) -> None:
+        """Hand every open job back with its place saved, and free the model."""
+        self._release_all(reason)
+        self._unload()
 
     def _unload(self) -> None:
         if self.engine is not None:
@@ -138,10 +108,7 @@ class Worker:
         if batch:
             self._transcribe(batch)
         self._complete_finished()
-        if self.runs or batch:
-            self.idle_since = self.monotonic()
-            return True
-        return False
+        return bool(self.runs or batch)
 
     def _claim(self, perm: Permission) -> tuple[bool, JobRun | None]:
         """(whether a job was claimed, its run if it goes on to transcription)."""

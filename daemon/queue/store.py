@@ -196,6 +196,21 @@ class Queue:
         with self._read() as conn:
             return conn.execute(select(func.count()).select_from(jobs).where(jobs.c.state.in_(ACTIVE))).scalar_one()
 
+    def claimable(self, now: float, folders: Sequence[int] | None = None) -> int:
+        """Queued jobs whose backoff has passed."""
+        q = select(func.count()).select_from(jobs).where(jobs.c.state == State.QUEUED.value, jobs.c.not_before <= now)
+        if folders is not None:
+            q = q.where(jobs.c.folder.in_(list(folders)))
+        with self._read() as conn:
+            return conn.execute(q).scalar_one()
+
+    def running_owners(self) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs.c.lease_owner).where(jobs.c.state == State.RUNNING.value).distinct()
+            ).scalars().all()
+        return [r for r in rows if r]
+
     def next_wakeup(self) -> float | None:
         """When the earliest backed-off job becomes claimable."""
         with self._read() as conn:
@@ -245,7 +260,18 @@ class Queue:
 
     def claim(self, owner: str, *, now: float, lease_seconds: float, folders: Sequence[int] | None = None) -> Job | None:
         """Atomically take the oldest claimable job, or None."""
-        pick = select(jobs.c.id).where(jobs.c.state == State.QUEUED.value, jobs.c.not_before <= now)
+        busy = jobs.alias("busy")
+        same_content_running = (
+            select(busy.c.id)
+            .where(busy.c.state == State.RUNNING.value, busy.c.content_hash == jobs.c.content_hash)
+            .exists()
+        )
+        # Copies of one recording go one at a time, so the second finds the first's result (duplicates).
+        pick = select(jobs.c.id).where(
+            jobs.c.state == State.QUEUED.value,
+            jobs.c.not_before <= now,
+            jobs.c.content_hash.is_(None) | ~same_content_running,
+        )
         if folders is not None:
             pick = pick.where(jobs.c.folder.in_(list(folders)))
         pick = pick.order_by(jobs.c.created_at, jobs.c.id).limit(1)
@@ -356,7 +382,9 @@ class Queue:
             )
         return res.rowcount == 1
 
-    def reap(self, *, now: float, owners_alive: Sequence[str] | None = None, everything: bool = False) -> list[Job]:
+    def reap(
+        self, *, now: float, owners_alive: Sequence[str] | None = None, everything: bool = False, owner: str | None = None
+    ) -> list[Job]:
         """Return jobs whose lease expired (or every running job, at start) to the queue.
 
         A crash that made no progress since the job was claimed counts as a strike;
@@ -368,6 +396,8 @@ class Queue:
             cond = cond & (jobs.c.lease_expires < now)
         if owners_alive:
             cond = cond & jobs.c.lease_owner.not_in(list(owners_alive))
+        if owner is not None:
+            cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_owner == owner)
         with self._write() as conn:
             rows = conn.execute(
                 update(jobs)

@@ -123,3 +123,15 @@ def test_a_corrupt_database_is_moved_aside_not_deleted(tmp_path):
     q.close()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("queue.db.corrupt-")]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+
+
+def test_copies_of_one_recording_are_claimed_one_at_a_time(queue):
+    queue.enqueue(folder=0, path="/in/a.wav", rel="a.wav", size=1, mtime=1, content_hash="same", now=1)
+    queue.enqueue(folder=0, path="/in/b.wav", rel="b.wav", size=1, mtime=1, content_hash="same", now=2)
+    queue.enqueue(folder=0, path="/in/c.wav", rel="c.wav", size=1, mtime=1, content_hash="other", now=3)
+    first = queue.claim("w", now=10, lease_seconds=60)
+    assert first.rel == "a.wav"
+    assert queue.claim("w", now=10, lease_seconds=60).rel == "c.wav"  # b waits for a
+    assert queue.claim("w", now=10, lease_seconds=60) is None
+    queue.finish(first.id, "w", State.DONE, now=11)
+    assert queue.claim("w", now=12, lease_seconds=60).rel == "b.wav"

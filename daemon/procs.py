@@ -1,0 +1,255 @@
+"""Workers run in spawned processes, one model each.
+
+Why processes: the daemon itself then never imports torch, so an idle
+whisperd holds little memory; a worker that has been idle for
+``model.idle_unload_minutes`` exits and gives all of its memory back to the
+system (a thread that drops a model rarely does); and a crash in a decoder or
+the model takes down one worker, not the daemon.
+
+Parent and child talk over one duplex pipe with plain values: the parent
+sends a ``Permission`` whenever it changes, ``"wake"`` and ``"stop"``; the
+child sends ``("status", busy, job_ids)`` and ``("outcome", Outcome)``. When
+the parent dies, the pipe closes, and the child hands its jobs back and exits
+instead of living on as an orphan. Log records travel back over a queue and
+are written by the parent's handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from daemon.config import Config
+from daemon.pipeline import Outcome
+from daemon.worker import Permission
+
+log = logging.getLogger("whisperd.procs")
+
+_ctx = multiprocessing.get_context("spawn")
+
+
+class WorkerProcess:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, name: str, config: Config, log_queue: Any, *, verbose: bool = False) -> None:
+        self.name = name
+        self.config = config
+        self.log_queue = log_queue
+        self.verbose = verbose
+        self.proc: Any = None
+        self.conn: Connection | None = None
+        self.busy = False
+        self.jobs: list[int] = []
+        self.permission: Permission | None = None
+        self.owner: str | None = None  # the lease owner the child uses: host:pid:name
+        self.started_at = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def active_jobs(self) -> list[int]:
+        return list(self.jobs)
+
+    def start(self) -> None:
+        parent, child = _ctx.Pipe(duplex=True)
+        self.proc = _ctx.Process(
+            target=child_main, name=self.name, args=(self.config, self.name, child, self.log_queue, self.verbose), daemon=False
+        )
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.busy = False
+        self.jobs = []
+        self.permission = None
+        self.started_at = time.monotonic()
+        log.info("worker %s started (pid %s)", self.name, self.proc.pid, extra={"action": "worker.start"})
+
+    def send(self, message: Any) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, EOFError, OSError):
+            pass
+
+    def allow(self, permission: Permission) -> None:
+        if permission != self.permission:
+            self.permission = permission
+            self.send(permission)
+
+    def poll(self) -> list[Outcome]:
+        """Read what the child said since the last poll."""
+        outcomes: list[Outcome] = []
+        if self.conn is None:
+            return outcomes
+        try:
+            while self.conn.poll():
+                msg = self.conn.recv()
+                if msg[0] == "status":
+                    self.busy, self.jobs = msg[1], list(msg[2])
+                elif msg[0] == "owner":
+                    self.owner = msg[1]
+                elif msg[0] == "outcome":
+                    outcomes.append(msg[1])
+        except (EOFError, OSError):
+            self._closed()
+        return outcomes
+
+    def reap_if_dead(self) -> int | None:
+        """The exit code of a worker that ended since the last look, else None."""
+        if self.proc is None or self.proc.is_alive():
+            return None
+        code = self.proc.exitcode
+        self._closed()
+        self.proc = None
+        return code
+
+    def _closed(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.busy = False
+        self.jobs = []
+
+    def stop(self, timeout: float) -> None:
+        """Ask the worker to finish its chunk, save its place and exit; force it after ``timeout``."""
+        if self.proc is None:
+            return
+        self.send("stop")
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            log.warning("worker %s did not stop in %.0f s; terminating it", self.name, timeout, extra={"action": "worker.kill"})
+            self.proc.terminate()
+            self.proc.join(5)
+        self.poll()
+        self._closed()
+        self.proc = None
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel end this process when the daemon dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+class _Link:
+    """The child's end: permission in, status and outcomes out."""
+
+    def __init__(self, conn: Connection, stop: threading.Event, wake: threading.Event) -> None:
+        self.conn = conn
+        self.stop = stop
+        self.wake = wake
+        self.permission = Permission(claim=False)
+        self.lock = threading.Lock()
+        self.last_status: tuple[bool, tuple[int, ...]] | None = None
+        threading.Thread(target=self._read, name="parent-link", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self.stop.set()  # the daemon is gone: save our place and leave
+                self.wake.set()
+                return
+            if isinstance(msg, Permission):
+                self.permission = msg
+            elif msg == "stop":
+                self.stop.set()
+            self.wake.set()
+
+    def send(self, msg: Any) -> None:
+        with self.lock:
+            try:
+                self.conn.send(msg)
+            except (BrokenPipeError, EOFError, OSError):
+                self.stop.set()
+
+    def status(self, busy: bool, jobs: list[int]) -> None:
+        st = (busy, tuple(jobs))
+        if st != self.last_status:
+            self.last_status = st
+            self.send(("status", busy, list(jobs)))
+
+
+def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verbose: bool) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    stop = threading.Event()
+    wake = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
+
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("numba", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from daemon.engines.loader import load_engine
+    from daemon.queue import Queue
+    from daemon.worker import Worker
+
+    link = _Link(conn, stop, wake)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
+    link.send(("owner", owner))
+    queue = Queue(config.database)
+    cache = config.model.cache_dir or config.state_dir / "models"
+    worker = Worker(
+        owner,
+        config,
+        queue,
+        engine_factory=lambda: load_engine(config.model, cache),
+        permission=lambda _w: link.permission,
+        stop=stop,
+        wake=wake,
+        on_outcome=lambda o: link.send(("outcome", o)),
+    )
+    idle_limit = config.model.idle_unload_minutes * 60
+    idle_since = time.monotonic()
+    try:
+        while not stop.is_set():
+            worked = worker.step()
+            link.status(worker.busy, worker.active_jobs())
+            if worked:
+                idle_since = time.monotonic()
+                continue
+            if time.monotonic() - idle_since > idle_limit:
+                log.info("idle for %.0f min: worker exits and frees its memory", idle_limit / 60, extra={"action": "worker.idle_exit"})
+                break
+            wake.wait(config.watch.poll_seconds)
+            wake.clear()
+    finally:
+        worker.shutdown("whisperd is stopping" if stop.is_set() else "idle")
+        link.status(False, [])
+        queue.close()
+        conn.close()
+
+
+def log_listener(log_queue: Any) -> logging.handlers.QueueListener:
+    """Write the workers' records with the parent's handlers (one log file, one writer)."""
+    listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
+    listener.start()
+    return listener
+
+
+def new_log_queue() -> Any:
+    return _ctx.Queue()
