@@ -281,13 +281,13 @@ class Governor:
         try:
             reading = self.thermal_probe.read()
         except Exception as exc:  # a probe bug must not let the Mac cook
-            log.exception("thermal probe failed", extra={"action": "thermal_probe"})
+            log.exception("thermal probe failed", extra={"action": "thermal.probe"})
             reading = ThermalReading(ThermalLevel.SERIOUS, "error", f"thermal probe failed: {exc}")
         previous = self._reading
         if previous is None or previous.level != reading.level:
             self._since = wall
             log.info("thermal level %s%s", reading.level, f" ({reading.detail})" if reading.detail else "",
-                     extra={"action": "thermal_change"})
+                     extra={"action": "thermal.change"})
         if reading.level >= ThermalLevel.SERIOUS:
             if self._last_hot is None or t - self._last_hot >= self.config.thermal.cooldown_seconds:
                 self._hot_level = reading.level  # a new hot spell
@@ -301,7 +301,7 @@ class Governor:
         try:
             return getter()
         except Exception:
-            log.exception("%s could not be read", what, extra={"action": "governor_probe"})
+            log.exception("%s could not be read", what, extra={"action": "governor.probe"})
             return None
 
     def inputs(self, running: int, immediate_waiting: bool = False, ignore_windows: bool = False,

@@ -310,7 +310,7 @@ def make_thermal_probe(
             return FoundationProbe.load(import_module)
         except (ImportError, AttributeError) as exc:
             log.info("pyobjc Foundation unavailable (%s); reading pmset -g therm instead", exc,
-                     extra={"action": "thermal_probe"})
+                     extra={"action": "thermal.probe"})
             return PmsetProbe(run)
     if platform.startswith("linux"):
         return SysfsProbe(cfg.fair_celsius, cfg.serious_celsius, cfg.critical_celsius, sysfs_root)

@@ -53,10 +53,10 @@ def local_timezone() -> tzinfo:
             zone: tzinfo = tzlocal.get_localzone()
         except (LookupError, ValueError) as exc:  # e.g. TZ names no known zone
             log.warning("time zone could not be determined (%s); using UTC, as the C library does",
-                        exc, extra={"action": "timezone"})
+                        exc, extra={"action": "clock.timezone"})
             zone = timezone.utc
     for w in caught:
-        log.warning("time zone: %s", w.message, extra={"action": "timezone"})
+        log.warning("time zone: %s", w.message, extra={"action": "clock.timezone"})
     return zone
 
 
@@ -65,7 +65,7 @@ def _guarded(name: str, fn: Callable[[], object]) -> Callable[[], None]:
         try:
             fn()
         except Exception:
-            log.exception("scheduled %s failed", name, extra={"action": f"clock_{name}"})
+            log.exception("scheduled %s failed", name, extra={"action": f"clock.{name}"})
 
     run.__name__ = f"clock_{name}"
     return run
@@ -115,13 +115,13 @@ class Clock:
 
     def start(self) -> None:
         self.scheduler.start()
-        log.info("clock started", extra={"action": "clock_start"})
+        log.info("clock started", extra={"action": "clock.start"})
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the timers; with ``wait`` also let a callback that is running finish."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
-            log.info("clock stopped", extra={"action": "clock_stop"})
+            log.info("clock stopped", extra={"action": "clock.stop"})
 
     def next_runs(self) -> dict[str, datetime | None]:
         """Job id → next fire time, for ``whisperd status``."""

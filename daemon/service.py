@@ -434,8 +434,8 @@ class Service:
             return watcher
         self.config = new
         self.governor.config = new
-        for w in self.workers:
-            w.config = new  # used by the next worker process it starts
+        self._stop_workers()  # they save their place; new ones start with the new settings
+        self._start_workers()
         self.settler.settle_seconds = new.watch.settle_seconds
         if watcher is not None:
             watcher.stop()

@@ -66,3 +66,28 @@ def test_agent_plist_is_rendered_with_plistlib_and_touches_nothing(tree):
     assert plist["ThrottleInterval"] >= 30 and plist["Nice"] >= 5 and plist["ProcessType"] == "Background"
     assert "/opt/homebrew/bin" in plist["EnvironmentVariables"]["PATH"]
     assert not (tree.root / "home" / "Library").exists()
+
+
+@pytest.mark.timeout(300)
+def test_sighup_reloads_the_config_and_a_bad_one_is_reported_and_ignored(tree):
+    import shutil
+
+    good = tree.config.read_text()
+    proc = tree.popen("run")
+    try:
+        wait_for(lambda: (tree.root / "state" / "daemon.json").exists(), timeout=60, proc=proc, what="start-up")
+        log = tree.root / "home" / ".local" / "state" / "whisperd" / "whisperd.log"
+        tree.config.write_text(good + "\nnot_a_setting: 1\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "not_a_setting" in log.read_text(), timeout=60, proc=proc, what="the bad config to be reported")
+        tree.config.write_text(good.replace("    failed: failed\n", "    failed: failed\n    formats: [txt]\n"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in log.read_text(), timeout=60, proc=proc, what="the reload")
+        shutil.copy(speech.DATA / "ls_1988-24833-0003.flac", tree.inbox / "memo.flac")
+        wait_for(lambda: (tree.archive / "memo.flac").exists(), timeout=120, proc=proc, what="the file to be done")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert tree.files(tree.outbox) == ["memo.txt"]
+    assert "the old one stays in force" in out
