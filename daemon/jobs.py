@@ -106,3 +106,23 @@ class Job:
     @property
     def name(self) -> str:
         return self.rel.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended, as a worker reports it to the daemon."""
+
+    job_id: int
+    state: State
+    path: str  # where the original ended up
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Permission:
+    """What the daemon allows one worker right now."""
+
+    claim: bool  # may start new jobs
+    folders: tuple[int, ...] | None = None  # only from these folders (None: any)
+    pause: bool = False  # hand running jobs back at the next chunk boundary
+    reason: str | None = None

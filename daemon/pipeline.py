@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,7 +19,7 @@ from daemon import audio, files, outputs
 from daemon.config import Config, FolderConfig
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.errors import SourceGoneError, UnsafePathError, WhisperdError
-from daemon.jobs import Checkpoint, Job, Segment, State
+from daemon.jobs import Checkpoint, Job, Outcome, State
 from daemon.queue import Queue
 
 log = logging.getLogger("whisperd.pipeline")
@@ -28,14 +27,6 @@ log = logging.getLogger("whisperd.pipeline")
 
 class LeaseLost(Exception):
     """Another worker owns this job now (our lease expired); stop touching it."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job_id: int
-    state: State
-    path: str  # where the original ended up
-    error: str | None = None
 
 
 def plain_reason(exc: BaseException) -> str:

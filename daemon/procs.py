@@ -29,8 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from daemon.config import Config
-from daemon.pipeline import Outcome
-from daemon.worker import Permission
+from daemon.jobs import Outcome, Permission
 
 log = logging.getLogger("whisperd.procs")
 
@@ -129,7 +128,7 @@ class WorkerProcess:
         self.proc.join(timeout)
         if self.proc.is_alive():
             log.warning("worker %s did not stop in %.0f s; terminating it", self.name, timeout, extra={"action": "worker.kill"})
-            self.proc.terminate()
+            self.proc.kill()
             self.proc.join(5)
         self.poll()
         self._closed()

@@ -25,12 +25,10 @@ from daemon import config as config_mod
 from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
-from daemon.jobs import State
-from daemon.pipeline import Outcome
+from daemon.jobs import Outcome, Permission, State
 from daemon.queue import Queue
 from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
 from daemon.procs import WorkerProcess, log_listener, new_log_queue
-from daemon.worker import Permission
 
 log = logging.getLogger("whisperd.service")
 
@@ -143,6 +141,7 @@ class Service:
         self._events: set[str] = set()
         self._events_lock = threading.Lock()
         self._ignore_windows = False
+        self._last_lease_check = float("-inf")
         self.decision: Any = None
         self._status: dict[str, Any] = {}
         self._permissions: dict[str, Permission] = {}
@@ -392,7 +391,11 @@ class Service:
             self.notifier.tick(queue_empty=empty)
 
     def _heartbeat(self) -> None:
+        """Renew the leases of jobs our workers hold, and reap expired ones, a few times per lease."""
         assert self.queue is not None
+        if self.monotonic() - self._last_lease_check < self.config.jobs.lease_seconds / 4:
+            return
+        self._last_lease_check = self.monotonic()
         now = self.clock()
         for w in self.workers:
             for job_id in w.active_jobs():

@@ -12,30 +12,19 @@ import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from daemon import audio
 from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
-from daemon.jobs import Job
-from daemon.pipeline import JobRun, LeaseLost, Outcome, Steps
+from daemon.jobs import Job, Outcome, Permission
+from daemon.pipeline import JobRun, LeaseLost, Steps
 from daemon.queue import Queue
 
 log = logging.getLogger("whisperd.worker")
 
 MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files
-
-
-@dataclass(frozen=True)
-class Permission:
-    """What the service allows this worker right now."""
-
-    claim: bool  # may start new jobs
-    folders: tuple[int, ...] | None = None  # only from these folders (None: any)
-    pause: bool = False  # hand running jobs back at the next chunk boundary
-    reason: str | None = None
 
 
 class Worker:
