@@ -219,9 +219,17 @@ class Service:
     def _recover(self) -> None:
         """Repair what a crash may have left: running jobs and hidden temporary files."""
         assert self.queue is not None
+        from daemon.platform import check_folder_access
+
         for folder in self.config.folders:
             for d in (folder.inbox, folder.output, folder.archive, folder.failed):
-                d.mkdir(parents=True, exist_ok=True)
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    pass  # explained just below
+                problem = check_folder_access(d)
+                if problem is not None:
+                    log.error("%s", problem, extra={"action": "folder.access", "path": str(d)})
             for d in (folder.output, folder.archive, folder.failed):
                 files.sweep_temps(d)
         alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
