@@ -1,0 +1,112 @@
+"""faster-whisper (CTranslate2) backend, an optional extra: ``pip install whisperd[fast]``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from daemon.audio import Chunk
+from daemon.engines.base import ChunkResult, EngineInfo
+from daemon.engines.loader import pick_device
+from daemon.engines.models import BUNDLED, bundled_ct2_dir
+from daemon.errors import ModelError
+from daemon.jobs import Segment
+
+log = logging.getLogger(__name__)
+
+# (device, our precision) -> CTranslate2 compute type
+_COMPUTE = {
+    ("cpu", "int8"): "int8",
+    ("cpu", "fp32"): "float32",
+    ("cuda", "int8"): "int8_float16",
+    ("cuda", "fp16"): "float16",
+    ("cuda", "fp32"): "float32",
+}
+
+
+def _source(name: str) -> str:
+    """A CTranslate2 model folder for ``name``: a folder path, the bundled tiny.en, or a name
+    that faster-whisper finds in its own (Hugging Face) cache."""
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        return str(path)
+    if name == BUNDLED:
+        bundled = bundled_ct2_dir()
+        if bundled is not None:
+            return str(bundled)
+    return name
+
+
+class FasterWhisperEngine:
+    """Engine over faster-whisper; each chunk is one ``WhisperModel.transcribe`` call."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        threads: int = 0,
+        batch_size: int = 8,
+        beam_size: int = 1,
+    ) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise ModelError(
+                "the faster-whisper engine is not installed: install whisperd[fast], or set model.engine to openai-whisper"
+            ) from exc
+        device = pick_device(device, mps=lambda: False)  # CTranslate2 has no Metal backend
+        precision = (precision or "auto").lower()
+        if device == "cpu":  # CTranslate2's int8 is its fast CPU mode; fp16 does not exist there
+            precision = "fp32" if precision in ("fp32", "fp16") else "int8"
+        elif precision == "auto":
+            precision = "fp16"
+        compute_type = _COMPUTE.get((device, precision), "default")
+        source = _source(name)
+        try:
+            self.model = WhisperModel(
+                source, device=device, compute_type=compute_type, cpu_threads=max(0, threads), local_files_only=True
+            )
+        except Exception as exc:  # missing files, a bad folder, an unsupported compute type
+            raise ModelError(
+                f"faster-whisper could not load model {name!r} from {source!r} ({exc}); "
+                "point model.name at a CTranslate2 model folder, or use tiny.en"
+            ) from exc
+        self.beam_size = max(1, beam_size)
+        self.batch_size = batch_size
+        self.info = EngineInfo("faster-whisper", name, device, precision)
+
+    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+        if not self.model.model.is_multilingual:
+            language = "en"
+        results = []
+        for chunk in chunks:
+            pieces, info = self.model.transcribe(
+                chunk.audio,
+                language=language,
+                task=task,
+                beam_size=self.beam_size,
+                vad_filter=False,
+                without_timestamps=False,
+                condition_on_previous_text=False,
+            )
+            segments = []
+            floor = chunk.start
+            for p in pieces:
+                text = p.text.strip()
+                if not text:
+                    continue
+                start = min(max(chunk.start + p.start, floor), chunk.end)
+                end = min(max(chunk.start + p.end, start), chunk.end)
+                segments.append(Segment(round(start, 3), round(end, 3), text))
+                floor = start
+            results.append(ChunkResult(chunk.index, chunk.start, chunk.end, tuple(segments), info.language))
+        return results
+
+    def close(self) -> None:
+        model: Any = getattr(self, "model", None)
+        if model is not None:
+            del self.model

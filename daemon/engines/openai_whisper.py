@@ -1,0 +1,307 @@
+"""openai-whisper backend: a batch of chunks becomes one batched ``whisper.decode`` call."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from daemon.audio import SAMPLE_RATE, Chunk
+from daemon.engines.base import ChunkResult, EngineInfo
+from daemon.engines.loader import PASSIVE_THREADS, pick_device, pick_precision
+from daemon.jobs import Segment
+
+log = logging.getLogger(__name__)
+
+# The quality guards of whisper.transcribe, kept.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+# Beyond whisper.transcribe: VAD already chose speech, so a window the model is this sure holds
+# none is noise, whatever it made up for it ("you", "Thank you."). Real speech scores below 0.1.
+NO_SPEECH_ALONE = 0.9
+SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives the same text
+
+
+def _quantize_int8(model: Any) -> Any:
+    """Dynamic int8 for every linear layer. whisper's ``Linear`` subclasses torch's, which
+    ``quantize_dynamic`` skips (it matches exact types), so swap in plain ``nn.Linear`` first."""
+    import torch
+    from whisper.model import Linear as WhisperLinear
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, WhisperLinear):
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
+    with warnings.catch_warnings():
+        # torch marks its eager-mode quantization API as deprecated; it is the one that runs without extra packages
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class OpenAIWhisperEngine:
+    """Engine over openai-whisper. ``checkpoint`` is what ``models.resolve_checkpoint`` returned."""
+
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        threads: int = 0,
+        batch_size: int = 8,
+        beam_size: int | None = None,
+        name: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        import torch
+
+        from daemon.engines.models import load_checkpoint
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.batch_size = max(1, batch_size)
+        # The token loop is thousands of tiny operations. With sleeping OpenMP workers it uses
+        # every thread; with spinning ones (torch loaded before loader could set the policy)
+        # one thread, which stays fast when other programs share the cores and two do not.
+        self.decode_threads = torch.get_num_threads() if PASSIVE_THREADS else 1
+        self.beam_size = beam_size if beam_size and beam_size > 1 else None
+        device = pick_device(device)
+        precision = pick_precision(device, precision)
+        model = load_checkpoint(checkpoint, cache_dir=cache_dir)
+        if precision == "int8":
+            try:
+                model = _quantize_int8(model)
+            except (AttributeError, ImportError, RuntimeError) as exc:
+                log.warning("int8 is not available here (%s); using fp32", exc, extra={"action": "model_load"})
+                precision = "fp32"
+        if device == "mps":
+            device, model = self._to_mps(model)
+            if device == "cpu":
+                precision = "fp32"
+        elif device == "cuda":
+            model = model.to("cuda")
+        self.model = model.eval()
+        self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
+        self._tokenizers: dict[tuple[str | None, str], Any] = {}
+        self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
+
+    @staticmethod
+    def _to_mps(model: Any) -> tuple[str, Any]:
+        # the sparse alignment-heads mask cannot move to MPS: make it dense first
+        heads = model.alignment_heads
+        if heads.is_sparse:
+            model.register_buffer("alignment_heads", heads.to_dense(), persistent=False)
+        try:
+            return "mps", model.to("mps")
+        except (RuntimeError, NotImplementedError) as exc:
+            log.warning("could not move the model to the GPU (%s); using the CPU", exc, extra={"action": "model_load"})
+            return "cpu", model.to("cpu")
+
+    # ------------------------------------------------------------------ decoding
+
+    def _tokenizer(self, language: str | None, task: str) -> Any:
+        from whisper.tokenizer import get_tokenizer
+
+        key = (language, task)
+        if key not in self._tokenizers:
+            m = self.model
+            with warnings.catch_warnings():
+                # whisper reads its vocabulary file without closing it (once per process)
+                warnings.simplefilter("ignore", ResourceWarning)
+                self._tokenizers[key] = get_tokenizer(
+                    m.is_multilingual, num_languages=m.num_languages, language=language or "en", task=task
+                )
+        return self._tokenizers[key]
+
+    def _mel(self, chunks: Sequence[Chunk]) -> Any:
+        import torch
+        import whisper
+
+        n_mels = self.model.dims.n_mels
+        mels = []
+        for c in chunks:
+            audio = torch.from_numpy(np.ascontiguousarray(c.audio, dtype=np.float32))
+            audio = whisper.pad_or_trim(audio, whisper.audio.N_SAMPLES)
+            mels.append(whisper.log_mel_spectrogram(audio, n_mels)[:, : whisper.audio.N_FRAMES])
+        return torch.stack(mels).to(self.info.device)
+
+    def _decode(self, features: Any, temperature: float, language: str | None, task: str) -> list[Any]:
+        import torch
+        import whisper
+
+        fp16 = self.info.precision == "fp16"
+        if temperature > 0:
+            options = whisper.DecodingOptions(
+                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16
+            )
+        else:
+            options = whisper.DecodingOptions(
+                task=task, language=language, temperature=0.0, beam_size=self.beam_size, fp16=fp16
+            )
+        if (options.best_of or options.beam_size or 1) > 1:
+            # openai-whisper 20250625 no longer repeats the audio features per beam or sample,
+            # which only broadcasts for one item at a time: decode these items one by one
+            out = []
+            with torch.random.fork_rng(devices=[]):
+                for i in range(features.shape[0]):
+                    torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
+                    out.append(whisper.decode(self.model, features[i : i + 1], options)[0])
+            return out
+        return whisper.decode(self.model, features, options)
+
+    def _decode_with_fallback(self, features: Any, language: str | None, task: str) -> list[Any]:
+        """Greedy (or beam) first; only the items whose text looks wrong are decoded
+        again, at rising temperatures, as whisper.transcribe does."""
+        results: list[Any] = [None] * features.shape[0]
+        todo = list(range(features.shape[0]))
+        for temperature in TEMPERATURES:
+            decoded = self._decode(features[todo], temperature, language, task)
+            retry = []
+            for i, r in zip(todo, decoded):
+                results[i] = r
+                if temperature < TEMPERATURES[-1] and _needs_fallback(r):
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                break
+        return results
+
+    def _encode(self, mel: Any) -> Any:
+        """Audio features for a batch of mels: the encoder runs once per batch, and
+        temperature fallbacks reuse its output."""
+        return self.model.embed_audio(mel.half() if self.info.precision == "fp16" else mel)
+
+    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+        import torch
+
+        if not chunks:
+            return []
+        if not self.model.is_multilingual:
+            language = "en"
+        out: list[ChunkResult] = []
+        for i in range(0, len(chunks), self.batch_size):
+            batch = chunks[i : i + self.batch_size]
+            with torch.inference_mode():
+                mel = self._mel(batch)
+                try:
+                    results = self._run(mel, language, task)
+                except (RuntimeError, NotImplementedError) as exc:
+                    if self.info.device != "mps":
+                        raise
+                    self._fall_back_to_cpu(exc)
+                    results = self._run(mel.to("cpu"), language, task)
+            for chunk, r in zip(batch, results):
+                tokenizer = self._tokenizer(r.language, task)
+                segments: tuple[Segment, ...] = ()
+                if not _is_silence(r):
+                    segments = tuple(parse_segments(r.tokens, tokenizer, chunk.start, chunk.end))
+                out.append(ChunkResult(chunk.index, chunk.start, chunk.end, segments, r.language))
+        return out
+
+    def _run(self, mel: Any, language: str | None, task: str) -> list[Any]:
+        features = self._encode(mel)
+        if self.info.device != "cpu":
+            return self._decode_with_fallback(features, language, task)
+        with _torch_threads(self.decode_threads):
+            return self._decode_with_fallback(features, language, task)
+
+    def _fall_back_to_cpu(self, exc: BaseException) -> None:
+        log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
+        heads = self.model.alignment_heads
+        self.model = self.model.to("cpu")
+        self.model.register_buffer("alignment_heads", heads.to("cpu").to_sparse(), persistent=False)
+        self.info = EngineInfo(self.info.name, self.info.model, "cpu", "fp32")
+
+    def close(self) -> None:
+        self.model = None
+        self._tokenizers.clear()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing a cache is best effort
+            pass
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _needs_fallback(r: Any) -> bool:
+    if r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD:
+        return False  # silence: a retry would only invent words
+    return r.compression_ratio > COMPRESSION_RATIO_THRESHOLD or r.avg_logprob < LOGPROB_THRESHOLD
+
+
+def _is_silence(r: Any) -> bool:
+    if r.no_speech_prob > NO_SPEECH_ALONE:
+        return True
+    return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD
+
+
+def parse_segments(tokens: Sequence[int], tokenizer: Any, start: float, end: float) -> list[Segment]:
+    """Timestamped segments from one decoded window, as whisper.transcribe reads them.
+
+    Pairs of timestamp tokens delimit segments; text after the last timestamp
+    with no closing one ends at the chunk's end. Times are offset by ``start``,
+    clamped to [start, end] and never run backwards.
+    """
+    import whisper
+
+    precision = whisper.audio.HOP_LENGTH * 2 / SAMPLE_RATE  # 0.02 s per timestamp step
+    begin = tokenizer.timestamp_begin
+    tokens = list(tokens)
+    pieces: list[tuple[float, float | None, list[int]]] = []  # (start, end or None, text tokens)
+    current: list[int] = []
+    seg_start: float | None = None
+    last_time = 0.0
+    for t in tokens:
+        if t >= begin:
+            time = (t - begin) * precision
+            if seg_start is None:
+                seg_start = time
+            elif current:
+                pieces.append((seg_start, time, current))
+                current, seg_start = [], None
+            else:
+                seg_start = time  # two timestamps in a row with nothing between: a new start
+            last_time = time
+        elif t < tokenizer.eot:
+            if seg_start is None:
+                seg_start = last_time
+            current.append(t)
+    if current:
+        pieces.append((seg_start if seg_start is not None else last_time, None, current))
+
+    segments: list[Segment] = []
+    floor = start
+    for s, e, text_tokens in pieces:
+        text = tokenizer.decode(text_tokens).strip()
+        if not any(ch.isalnum() for ch in text):
+            continue  # nothing but punctuation
+        a = min(max(start + s, floor), end)
+        b = end if e is None else min(max(start + e, a), end)
+        segments.append(Segment(round(a, 3), round(b, 3), text))
+        floor = a
+    return segments

@@ -1,0 +1,206 @@
+"""The engines on real speech, with the bundled tiny.en converted offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import whisper
+
+from daemon.audio import SAMPLE_RATE, Chunk, Vad, iter_chunks
+from daemon.config import ModelConfig
+from daemon.engines.faster_whisper import FasterWhisperEngine
+from daemon.engines.loader import load_engine, pick_device, pick_precision
+from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
+from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_segments
+from daemon.errors import ModelError
+from tests import speech
+
+NAMES = [
+    "ls_1272-141231-0002.flac",
+    "ls_2412-153948-0001.flac",
+    "ls_1988-24833-0001.flac",
+    "ls_61-70968-0000.flac",
+    "ls_3752-4944-0000.flac",
+    "ls_1221-135766-0002.wav",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_cache) -> Path:
+    return Path(resolve_checkpoint("tiny.en", model_cache))
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    e = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, name="tiny.en")
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory) -> tuple[list[Chunk], str]:
+    audio, reference = speech.concat(NAMES, gap=0.8)
+    path = speech.write(tmp_path_factory.mktemp("talk") / "talk.flac", audio)
+    return list(iter_chunks(path, vad=Vad(), key="talk")), reference
+
+
+def _text(results) -> str:
+    return " ".join(s.text for r in results for s in r.segments)
+
+
+def _check_times(chunks, results) -> None:
+    assert [r.index for r in results] == [c.index for c in chunks]
+    previous = 0.0
+    for chunk, r in zip(chunks, results):
+        assert (r.start, r.end) == (chunk.start, chunk.end)
+        for s in r.segments:
+            assert chunk.start <= s.start <= s.end <= chunk.end
+            assert s.start >= previous
+            assert s.text == s.text.strip() and s.text
+            previous = s.start
+
+
+def test_batched_engine_transcribes_real_speech(engine, talk):
+    chunks, reference = talk
+    assert len(chunks) >= 2
+    results = engine.transcribe(chunks, language=None, task="transcribe")
+    _check_times(chunks, results)
+    assert all(r.language == "en" for r in results)
+    assert speech.wer(reference, _text(results)) < 0.15
+    assert (engine.info.name, engine.info.device, engine.info.precision) == ("openai-whisper", "cpu", "fp32")
+
+
+def test_small_batches_give_every_chunk_its_result(checkpoint, talk):
+    chunks, reference = talk
+    small = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2)
+    results = small.transcribe(chunks, language="en", task="transcribe")
+    _check_times(chunks, results)
+    assert speech.wer(reference, _text(results)) < 0.15
+    small.close()
+
+
+def test_converted_checkpoint_says_what_faster_whisper_says(checkpoint):
+    from faster_whisper import WhisperModel
+
+    clip = speech.read("ls_1272-141231-0002.flac")
+    ours = whisper.load_model(str(checkpoint), device="cpu").transcribe(
+        clip, fp16=False, temperature=0.0, condition_on_previous_text=False
+    )["text"]
+    reference = WhisperModel(str(bundled_ct2_dir()), device="cpu", compute_type="float32")
+    pieces, _ = reference.transcribe(
+        clip, beam_size=1, temperature=0.0, condition_on_previous_text=False, vad_filter=False
+    )
+    theirs = "".join(p.text for p in pieces)
+    assert ours.strip() == theirs.strip()
+    assert speech.wer(speech.manifest()["ls_1272-141231-0002.flac"], ours) < 0.2
+
+
+def test_silence_gives_no_words(engine):
+    rng = np.random.default_rng(1)
+    hiss = (rng.standard_normal(8 * SAMPLE_RATE) * 1e-4).astype(np.float32)
+    results = engine.transcribe([Chunk(0, 10.0, 18.0, hiss)], language="en", task="transcribe")
+    assert results[0].segments == ()
+
+
+def test_sampling_fallback_decodes_a_batch_reproducibly(engine):
+    import torch
+
+    short = [Chunk(i, 0.0, 4.0, speech.read(n)) for i, n in enumerate(["ls_1988-24833-0000.flac", "ls_3752-4944-0002.flac"])]
+    with torch.inference_mode(), _torch_threads(1):
+        features = engine._encode(engine._mel(short))
+        first = engine._decode(features, 0.4, "en", "transcribe")
+        again = engine._decode(features, 0.4, "en", "transcribe")
+    assert len(first) == 2
+    assert [r.text for r in first] == [r.text for r in again]
+    assert all(r.temperature == 0.4 and r.text for r in first)
+
+
+def test_int8_on_cpu(checkpoint, talk):
+    import torch
+
+    chunks, reference = talk
+    small = OpenAIWhisperEngine(checkpoint, device="cpu", precision="int8", batch_size=8)
+    assert small.info.precision == "int8"
+    quantized = [m for m in small.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == 4 * 6 + 4 * 10  # every projection of every encoder and decoder block
+    results = small.transcribe(chunks, language=None, task="transcribe")
+    _check_times(chunks, results)
+    assert speech.wer(reference, _text(results)) < 0.2
+    small.close()
+
+
+def test_faster_whisper_engine(talk):
+    chunks, reference = talk
+    fw = FasterWhisperEngine("tiny.en", device="cpu", precision="auto")
+    assert (fw.info.name, fw.info.device, fw.info.precision) == ("faster-whisper", "cpu", "int8")
+    results = fw.transcribe(chunks, language=None, task="transcribe")
+    _check_times(chunks, results)
+    assert speech.wer(reference, _text(results)) < 0.15
+    fw.close()
+
+
+def test_load_engine_from_config(model_cache):
+    engine = load_engine(ModelConfig(name="tiny.en", device="cpu", precision="auto", batch_size=4), model_cache)
+    assert (engine.info.model, engine.info.device, engine.info.precision) == ("tiny.en", "cpu", "fp32")
+    assert engine.batch_size == 4
+    engine.close()
+
+
+def test_load_engine_names_a_missing_model(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_engine(ModelConfig(name=str(tmp_path / "missing.pt")), tmp_path)
+
+
+def test_pick_device():
+    yes, no = (lambda: True), (lambda: False)
+    assert pick_device("auto", cuda=yes, mps=yes) == "cuda"
+    assert pick_device("auto", cuda=no, mps=yes) == "mps"
+    assert pick_device("auto", cuda=no, mps=no) == "cpu"
+    assert pick_device("cpu", cuda=yes, mps=yes) == "cpu"
+    assert pick_device("mps", cuda=yes, mps=no) == "cpu"  # asked for, not there
+    assert pick_device("cuda", cuda=yes, mps=no) == "cuda"
+
+
+def test_pick_precision():
+    assert pick_precision("cpu", "auto") == "fp32"
+    assert pick_precision("cpu", "fp16") == "fp32"  # never half precision on the CPU
+    assert pick_precision("cpu", "int8") == "int8"
+    assert pick_precision("cuda", "auto") == "fp16"
+    assert pick_precision("mps", "auto") == "fp16"
+    assert pick_precision("mps", "int8") == "fp16"
+    assert pick_precision("cuda", "fp32") == "fp32"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "True PASSIVE"), ("ACTIVE", "False ACTIVE")])
+def test_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, daemon.engines.loader as l; assert 'torch' not in sys.modules; print(l.PASSIVE_THREADS, os.environ['OMP_WAIT_POLICY'])"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_parse_segments_reads_timestamp_pairs(engine):
+    tok = engine._tokenizer("en", "transcribe")
+
+    def ts(seconds: float) -> int:
+        return tok.timestamp_begin + round(seconds / 0.02)
+
+    tokens = [ts(0.0), *tok.encode(" Hello there."), ts(1.5), ts(1.5), *tok.encode(" General"), ts(3.0)]
+    tokens += [*tok.encode(" Kenobi")]  # no closing timestamp: runs to the chunk's end
+    segments = parse_segments(tokens, tok, 100.0, 104.0)
+    assert [(s.start, s.end, s.text) for s in segments] == [
+        (100.0, 101.5, "Hello there."),
+        (101.5, 103.0, "General"),
+        (103.0, 104.0, "Kenobi"),
+    ]
+    late = parse_segments([ts(0.5), *tok.encode(" Late"), ts(29.0)], tok, 10.0, 20.0)
+    assert [(s.start, s.end) for s in late] == [(10.5, 20.0)]  # clamped to the chunk
