@@ -86,7 +86,7 @@ def test_a_text_file_is_not_audio(tmp_path):
 def test_an_empty_file_is_not_audio(tmp_path):
     empty = tmp_path / "empty.wav"
     empty.touch()
-    with pytest.raises(NotAudioError):
+    with pytest.raises(NotAudioError, match="empty"):
         probe(empty)
 
 
