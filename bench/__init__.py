@@ -1,0 +1,1 @@
+"""Benchmark: whisperd against stock openai-whisper and faster-whisper on the same audio (``make bench``)."""

@@ -1,0 +1,110 @@
+"""One baseline engine over a list of files, in its own process: ``python -m bench.engines SPEC OUT``.
+
+SPEC is a JSON file: ``{"engine": ..., "files": [...], ...}``; OUT receives the
+transcripts and timings. Engines:
+
+- ``openai-whisper``: stock ``model.transcribe(audio, fp16=False)`` per file, greedy
+  default decoding, model loaded from the checkpoint whisperd itself resolves;
+- ``faster-whisper``: ``WhisperModel(..., device="cpu", compute_type="int8").transcribe``
+  per file, with its defaults (beam 5) or ``beam_size`` from the spec;
+- ``faster-whisper-batched``: its ``BatchedInferencePipeline`` with ``batch_size``.
+
+Audio is decoded with PyAV into float32 mono 16 kHz (no ffmpeg binary needed)
+and that decoding counts as work, as it does for whisperd. ``load_s`` is the
+import and model load; ``work_s`` runs from the first file's decoding to the
+last transcript.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SR = 16000
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """A file as float32 mono 16 kHz, decoded with PyAV."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
+        for frame in container.decode(audio=0):
+            for f in resampler.resample(frame):
+                out.append(f.to_ndarray().reshape(-1))
+        for f in resampler.resample(None):
+            out.append(f.to_ndarray().reshape(-1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def _openai_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+    import whisper
+
+    model = whisper.load_model(spec["checkpoint"], device="cpu")
+
+    def transcribe(audio: np.ndarray) -> str:
+        return model.transcribe(audio, fp16=False)["text"]
+
+    return transcribe, {"torch_threads": torch.get_num_threads(), "decoding": "greedy, temperature fallback (defaults)"}
+
+
+def _faster_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(spec["ct2_dir"], device="cpu", compute_type="int8", local_files_only=True)
+    beam = spec.get("beam_size")
+    if spec["engine"] == "faster-whisper-batched":
+        pipeline = BatchedInferencePipeline(model=model)
+        batch = int(spec.get("batch_size", 8))
+
+        def transcribe(audio: np.ndarray) -> str:
+            kwargs = {"batch_size": batch}
+            if beam:
+                kwargs["beam_size"] = beam
+            segments, _ = pipeline.transcribe(audio, **kwargs)
+            return "".join(s.text for s in segments)
+
+        return transcribe, {"batch_size": batch, "beam_size": beam or "default (5)", "compute_type": "int8"}
+
+    def transcribe(audio: np.ndarray) -> str:
+        kwargs = {"beam_size": beam} if beam else {}
+        segments, _ = model.transcribe(audio, **kwargs)
+        return "".join(s.text for s in segments)
+
+    return transcribe, {"beam_size": beam or "default (5)", "compute_type": "int8"}
+
+
+def main(spec_path: str, out_path: str) -> int:
+    t0 = time.perf_counter()
+    spec = json.loads(Path(spec_path).read_text())
+    engine = spec["engine"]
+    if engine == "openai-whisper":
+        transcribe, details = _openai_whisper(spec)
+    elif engine in ("faster-whisper", "faster-whisper-batched"):
+        transcribe, details = _faster_whisper(spec)
+    else:
+        raise SystemExit(f"unknown engine {engine!r}")
+    load_s = time.perf_counter() - t0
+    texts: dict[str, str] = {}
+    per_file: dict[str, float] = {}
+    w0 = time.perf_counter()
+    for f in spec["files"]:
+        f0 = time.perf_counter()
+        texts[Path(f).name] = transcribe(decode(f)).strip()
+        per_file[Path(f).name] = round(time.perf_counter() - f0, 3)
+    work_s = time.perf_counter() - w0
+    Path(out_path).write_text(json.dumps({
+        "engine": engine, "load_s": load_s, "work_s": work_s, "texts": texts, "per_file_s": per_file, "details": details,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
