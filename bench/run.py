@@ -121,6 +121,34 @@ class Bench:
         self.cache_dir = WORK / "models"
         self.hog: CpuHog | None = None  # the busy loop, while workload D runs
         self.waited = 0.0
+        self.resumed: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        if args.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Take the finished runs of an interrupted bench (same --out) and measure only the rest."""
+        try:
+            old = json.loads(self.out_path.read_text())
+            transcripts = json.loads(self.out_path.with_name(self.out_path.stem + "-transcripts.json").read_text())
+        except (OSError, ValueError):
+            self.say("--resume: no earlier results to resume; starting afresh")
+            return
+        for r in old.get("runs", []):
+            if r.get("error"):
+                continue
+            key = (r["workload"], r["engine"], r["variant"], r["condition"])
+            self.resumed[key] = r
+            self.transcripts[f"{r['workload']}/{r['condition']}/{r['engine']}/{r['variant']}"] = transcripts.get(
+                f"{r['workload']}/{r['condition']}/{r['engine']}/{r['variant']}", {})
+        self.out["machine"] = old.get("machine", self.out["machine"])
+        self.out["resumed"] = old.get("resumed", []) + [{
+            "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "runs_kept": len(self.resumed), "after_minutes": old.get("bench_minutes_so_far"),
+        }]
+        self.out["notes"] = old.get("notes", [])
+        if "overhead" in old and not (old["overhead"] or {}).get("error"):
+            self.out["overhead"] = old["overhead"]
+        self.say(f"--resume: keeping {len(self.resumed)} runs measured earlier")
 
     # -- helpers ------------------------------------------------------------------
 
@@ -135,6 +163,7 @@ class Bench:
         self.say("note: " + text)
 
     def save(self) -> None:
+        self.out["bench_minutes_so_far"] = self.elapsed() / 60
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out_path.with_suffix(".json.tmp")
@@ -147,10 +176,18 @@ class Bench:
         from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
 
         if self.args.freeze:
-            where = wd.freeze(WORK / "frozen")
-            self.say(f"whisperd runs from a copy of daemon/ taken now ({where}), code {wd.code_fingerprint()}")
+            if self.args.resume and (WORK / "frozen" / "daemon").is_dir():
+                where, when = wd.use_frozen(WORK / "frozen"), "taken earlier"
+            else:
+                where, when = wd.freeze(WORK / "frozen"), "taken now"
+            self.say(f"whisperd runs from a copy of daemon/ {when} ({where}), code {wd.code_fingerprint()}")
         self.out["daemon_code"] = {"fingerprint": wd.code_fingerprint(), "frozen": bool(self.args.freeze),
                                    "git_head": _git_head()}
+        stale = [k for k, r in self.resumed.items() if r.get("daemon_code") not in (None, wd.code_fingerprint())]
+        if stale:
+            self.say(f"--resume: the daemon's code changed since; measuring its {len(stale)} whisperd runs again")
+            for k in stale:
+                del self.resumed[k]
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint = Path(resolve_checkpoint("tiny.en", self.cache_dir))
@@ -171,6 +208,12 @@ class Bench:
                 settings: wd.Settings | None = None) -> dict[str, Any]:
         """Run ``go`` (one engine on one workload) ``--repeat`` times and keep the fastest; rerun a try
         that other processes disturbed."""
+        earlier = self.resumed.pop((w.key, engine, variant, condition), None)
+        if earlier is not None:
+            self.say(f"{w.key} {condition:6} {engine} [{variant}]: measured earlier in this bench (--resume), kept")
+            self.runs.append(earlier)
+            self.save()
+            return earlier
         tries: list[tuple[dict[str, Any], dict[str, str]]] = []
         kept: list[tuple[dict[str, Any], dict[str, str]]] = []
         for _ in range(max(1, self.args.repeat)):
@@ -195,7 +238,10 @@ class Bench:
         for attempt in range(1 + self.args.retries):
             waited = self.quiet()
             self.say(f"{w.key} {condition:6} {engine} [{variant}] ..." + (f" (waited {waited:.0f} s for other processes)" if waited > 5 else ""))
-            res = go()
+            try:
+                res = go()
+            except Exception as exc:  # one broken run is reported; the bench goes on
+                res = {"wall_s": 0.0, "error": f"{type(exc).__name__}: {exc}"}
             res["waited_for_quiet_s"] = waited
             res.update(workload=w.key, engine=engine, variant=variant, condition=condition, audio_s=w.audio_seconds)
             if settings is not None:
@@ -241,7 +287,7 @@ class Bench:
         if condition == "shared":
             quiet = report.find(self.runs, w.key, engine, "quiet", variant)
             if quiet is not None:
-                return min(self.args.timeout, max(300.0, SHARED_TIMEOUT_FACTOR * quiet["wall_s"]))
+                return min(self.args.timeout, max(600.0, SHARED_TIMEOUT_FACTOR * quiet["wall_s"]))
         return self.args.timeout
 
     def engine(self, w: wl.Workload, engine: str, variant: str, options: dict[str, Any], condition: str = "quiet",
@@ -261,7 +307,8 @@ class Bench:
             if fin.timed_out:
                 res["error"] = f"stopped after {timeout:.0f} s"
                 res["timed_out_s"] = timeout
-            elif fin.returncode != 0 or not (d / "out.json").exists():
+                return res
+            if fin.returncode != 0 or not (d / "out.json").exists():
                 res["error"] = f"exit code {fin.returncode}"
                 res["stderr_tail"] = fin.stderr_tail(30)
                 return res
@@ -349,7 +396,8 @@ class Bench:
                     self.whisperd(B, wd.Settings(**best["settings"]), "shared", hog)
             self.hog = None
 
-        if "overhead" in a.stages:
+        if "overhead" in a.stages and "overhead" not in self.out:
+            self.quiet()
             self.say("daemon overhead: latency with a warm worker, idle CPU, memory after the worker exits ...")
             memos = sorted(A.files, key=lambda p: p.stat().st_size)[:4]
             idle = 5.0 if a.quick else 20.0
@@ -452,6 +500,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one engine run may take")
     p.add_argument("--freeze", action="store_true",
                    help="run whisperd from a copy of daemon/ taken at the start, so that edits made meanwhile do not mix in")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished runs of an interrupted bench (same --out; with --freeze, the same frozen copy) "
+                        "and measure only the rest")
     p.add_argument("--keep", action="store_true", help="keep each run's temporary tree under bench/work/runs")
     p.add_argument("--out", default=str(RESULTS / "latest.json"), help="where the JSON goes")
     args = p.parse_args(argv)

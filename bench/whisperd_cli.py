@@ -48,6 +48,13 @@ def freeze(dest: Path) -> Path:
     return dest
 
 
+def use_frozen(dest: Path) -> Path:
+    """Run whisperd from a copy ``freeze`` made earlier (to resume an interrupted bench)."""
+    global _frozen
+    _frozen = dest.resolve()
+    return _frozen
+
+
 def command(*args: str) -> list[str]:
     """The whisperd CLI: the installed entry point, or the same ``daemon.cli:main`` from the frozen copy."""
     if _frozen is None:
