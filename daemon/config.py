@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from daemon.errors import ConfigError
+from daemon.files import within
 
 EX_CONFIG = 78
 
@@ -241,14 +242,6 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(p))
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -307,7 +300,7 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
     s.finish()
     for name in ("output", "archive", "failed"):
         target = getattr(f, name)
-        if _inside(target, f.inbox):
+        if within(target, f.inbox):
             raise ConfigError(
                 f"config key 'folders.{index}.{name}' has value {str(target)!r}, which lies inside the inbox "
                 f"{str(f.inbox)!r}; allowed: a folder outside every inbox (otherwise whisperd would transcribe its own results forever)"
@@ -360,13 +353,13 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
         for j, g in enumerate(folders):
             if i != j:
                 for name in ("output", "archive", "failed"):
-                    if _inside(getattr(g, name), f.inbox):
+                    if within(getattr(g, name), f.inbox):
                         raise ConfigError(
                             f"config key 'folders.{j}.{name}' has value {str(getattr(g, name))!r}, which lies inside the inbox of "
                             f"folders.{i}; allowed: a folder outside every inbox"
                         )
         for j, g in enumerate(folders[i + 1 :], start=i + 1):
-            if _inside(f.inbox, g.inbox) or _inside(g.inbox, f.inbox):
+            if within(f.inbox, g.inbox) or within(g.inbox, f.inbox):
                 raise ConfigError(
                     f"config key 'folders.{j}.inbox' has value {str(g.inbox)!r}, which overlaps folders.{i}.inbox; "
                     "allowed: inboxes that do not contain one another"

@@ -24,6 +24,7 @@ from daemon import config as config_mod
 from daemon.agent import ServiceError, ServiceManager
 from daemon.config import THERMAL_LEVELS, Config, FolderConfig, ModelConfig
 from daemon.errors import ConfigError
+from daemon.files import within
 from daemon.platform.base import AccessProblem
 
 GB = 1024**3
@@ -219,18 +220,10 @@ def check_folder(
     return _ok(name, f"{path} is readable and writable")
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def check_folder_layout(index: int, inbox: Path, others: Mapping[str, Path]) -> Check:
     """No output/archive/failed folder may sit inside the inbox (whisperd would transcribe its own results)."""
     name = f"folders.{index} layout"
-    nested = [f"{role} {path}" for role, path in others.items() if _inside(path, inbox)]
+    nested = [f"{role} {path}" for role, path in others.items() if within(path, inbox)]
     if nested:
         return _fail(
             name,
