@@ -134,7 +134,7 @@ class Bench:
             self.say("--resume: no earlier results to resume; starting afresh")
             return
         for r in old.get("runs", []):
-            if r.get("error"):
+            if r.get("error") or (self.args.redo_disturbed and r.get("disturbed")):
                 continue
             key = (r["workload"], r["engine"], r["variant"], r["condition"])
             self.resumed[key] = r
@@ -503,6 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="keep the finished runs of an interrupted bench (same --out; with --freeze, the same frozen copy) "
                         "and measure only the rest")
+    p.add_argument("--redo-disturbed", action="store_true",
+                   help="with --resume: measure again the runs that other processes disturbed")
     p.add_argument("--keep", action="store_true", help="keep each run's temporary tree under bench/work/runs")
     p.add_argument("--out", default=str(RESULTS / "latest.json"), help="where the JSON goes")
     args = p.parse_args(argv)
