@@ -13,24 +13,34 @@ from daemon.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
+GPU_DEVICES = ("cuda", "mps")
 
-def _passive_openmp() -> bool:
-    """Ask OpenMP to put idle worker threads to sleep instead of spinning.
+# How long an idle OpenMP worker spins before it sleeps: libgomp (Linux wheels) counts spins,
+# LLVM's libomp (macOS) counts milliseconds. Their defaults (300,000 spins; 200 ms) hold on to
+# the cores between the thousands of tiny operations of the token loop.
+_SHORT_SPIN = {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "1"}
+
+
+def _short_openmp_spin() -> bool:
+    """Make idle OpenMP workers sleep soon instead of spinning.
 
     A spinning pool holds on to cores while it waits, so when anything else runs
-    (another app, a second worker) each tiny operation of the token loop waits
-    for a descheduled thread, and decoding slows down tenfold. OpenMP reads this
-    setting once, when torch loads, so it is set only if torch is not loaded yet
-    (and never over the user's own choice). Returns whether it is in force.
+    (another app, a second worker) each tiny operation waits for a descheduled
+    thread and decoding slows down up to tenfold; sleeping at once (PASSIVE)
+    avoids that but costs a fifth of the speed on an idle machine. A short spin
+    keeps both. OpenMP reads these settings once, when torch loads, so they are
+    set only if torch is not loaded yet, and never over the user's own choice.
+    Returns whether idle workers give their cores up soon.
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    if not any(k in os.environ for k in ("OMP_WAIT_POLICY", *_SHORT_SPIN)):
+        if "torch" in sys.modules:
+            return False
+        os.environ.update(_SHORT_SPIN)
+        return True
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "ACTIVE"
 
 
-PASSIVE_THREADS = _passive_openmp()
-
-GPU_DEVICES = ("cuda", "mps")
+SHORT_SPIN = _short_openmp_spin()
 
 
 def _cuda_available() -> bool:

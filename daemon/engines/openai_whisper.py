@@ -12,7 +12,7 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
-from daemon.engines.loader import PASSIVE_THREADS, pick_device, pick_precision
+from daemon.engines.loader import SHORT_SPIN, pick_device, pick_precision
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ NO_SPEECH_THRESHOLD = 0.6
 # none is noise, whatever it made up for it ("you", "Thank you."). Real speech scores below 0.1.
 NO_SPEECH_ALONE = 0.9
 SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives the same text
+MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
+MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
+MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -69,10 +72,11 @@ class OpenAIWhisperEngine:
         if threads > 0:
             torch.set_num_threads(threads)
         self.batch_size = max(1, batch_size)
-        # The token loop is thousands of tiny operations. With sleeping OpenMP workers it uses
-        # every thread; with spinning ones (torch loaded before loader could set the policy)
-        # one thread, which stays fast when other programs share the cores and two do not.
-        self.decode_threads = torch.get_num_threads() if PASSIVE_THREADS else 1
+        # The token loop is thousands of tiny operations. When idle OpenMP workers give their
+        # cores up soon it uses every thread; with long-spinning workers (torch was loaded before
+        # loader could set that up) one thread, which stays fast when other programs share the
+        # cores, where two threads slow down tenfold.
+        self.decode_threads = torch.get_num_threads() if SHORT_SPIN else 1
         self.beam_size = beam_size if beam_size and beam_size > 1 else None
         device = pick_device(device)
         precision = pick_precision(device, precision)
@@ -122,16 +126,22 @@ class OpenAIWhisperEngine:
                 )
         return self._tokenizers[key]
 
-    def _mel(self, chunks: Sequence[Chunk]) -> Any:
+    def _mel(self, windows: Sequence[np.ndarray]) -> Any:
+        """Log-mel windows as whisper.transcribe builds them: the spectrogram of the audio
+        followed by 30 s of zeros, cut to the audio's frames, then padded with zeros in the
+        mel domain. (Padding the audio instead gives the model a stretch of "silence" that
+        makes it stop early and skip whole sentences.)"""
         import torch
         import whisper
+        from whisper.audio import N_FRAMES, N_SAMPLES
 
         n_mels = self.model.dims.n_mels
         mels = []
-        for c in chunks:
-            audio = torch.from_numpy(np.ascontiguousarray(c.audio, dtype=np.float32))
-            audio = whisper.pad_or_trim(audio, whisper.audio.N_SAMPLES)
-            mels.append(whisper.log_mel_spectrogram(audio, n_mels)[:, : whisper.audio.N_FRAMES])
+        for audio in windows:
+            samples = torch.from_numpy(np.ascontiguousarray(audio[:N_SAMPLES], dtype=np.float32))
+            mel = whisper.log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES)
+            content = mel.shape[-1] - N_FRAMES
+            mels.append(whisper.pad_or_trim(mel[:, : min(N_FRAMES, content)], N_FRAMES))
         return torch.stack(mels).to(self.info.device)
 
     def _decode(self, features: Any, temperature: float, language: str | None, task: str) -> list[Any]:
@@ -181,31 +191,52 @@ class OpenAIWhisperEngine:
         return self.model.embed_audio(mel.half() if self.info.precision == "fp16" else mel)
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
-        import torch
-
+        """Each chunk is one 30 s window, batched. Where the model stops with speech left
+        (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
+        decoded again, batched with the other chunks' rests."""
         if not chunks:
             return []
         if not self.model.is_multilingual:
             language = "en"
-        out: list[ChunkResult] = []
-        for i in range(0, len(chunks), self.batch_size):
-            batch = chunks[i : i + self.batch_size]
-            with torch.inference_mode():
-                mel = self._mel(batch)
-                try:
-                    results = self._run(mel, language, task)
-                except (RuntimeError, NotImplementedError) as exc:
-                    if self.info.device != "mps":
-                        raise
-                    self._fall_back_to_cpu(exc)
-                    results = self._run(mel.to("cpu"), language, task)
-            for chunk, r in zip(batch, results):
-                tokenizer = self._tokenizer(r.language, task)
-                segments: tuple[Segment, ...] = ()
-                if not _is_silence(r):
-                    segments = tuple(parse_segments(r.tokens, tokenizer, chunk.start, chunk.end))
-                out.append(ChunkResult(chunk.index, chunk.start, chunk.end, segments, r.language))
-        return out
+        found: list[list[Segment]] = [[] for _ in chunks]
+        languages: list[str | None] = [None] * len(chunks)
+        windows = [(slot, 0) for slot in range(len(chunks))]  # (which chunk, samples into it)
+        for turn in range(MAX_WINDOWS_PER_CHUNK):
+            final = turn == MAX_WINDOWS_PER_CHUNK - 1
+            rest: list[tuple[int, int]] = []
+            for i in range(0, len(windows), self.batch_size):
+                batch = windows[i : i + self.batch_size]
+                results = self._decode_audio([chunks[slot].audio[offset:] for slot, offset in batch], language, task)
+                for (slot, offset), r in zip(batch, results):
+                    chunk = chunks[slot]
+                    languages[slot] = languages[slot] or r.language
+                    if _is_silence(r):
+                        continue
+                    start = chunk.start + offset / SAMPLE_RATE
+                    tokenizer = self._tokenizer(r.language, task)
+                    segments, resume = parse_window(r.tokens, tokenizer, start, chunk.end, final=final)
+                    found[slot].extend(segments)
+                    if resume is not None:
+                        rest.append((slot, offset + round(resume * SAMPLE_RATE)))
+            windows = rest
+            if not windows:
+                break
+        return [
+            ChunkResult(c.index, c.start, c.end, tuple(found[slot]), languages[slot]) for slot, c in enumerate(chunks)
+        ]
+
+    def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            mel = self._mel(windows)
+            try:
+                return self._run(mel, language, task)
+            except (RuntimeError, NotImplementedError) as exc:
+                if self.info.device != "mps":
+                    raise
+                self._fall_back_to_cpu(exc)
+                return self._run(mel.to("cpu"), language, task)
 
     def _run(self, mel: Any, language: str | None, task: str) -> list[Any]:
         features = self._encode(mel)
@@ -261,17 +292,27 @@ def _is_silence(r: Any) -> bool:
 
 
 def parse_segments(tokens: Sequence[int], tokenizer: Any, start: float, end: float) -> list[Segment]:
-    """Timestamped segments from one decoded window, as whisper.transcribe reads them.
+    """All the segments of a window, text without a closing timestamp ending at ``end``."""
+    return parse_window(tokens, tokenizer, start, end, final=True)[0]
 
-    Pairs of timestamp tokens delimit segments; text after the last timestamp
-    with no closing one ends at the chunk's end. Times are offset by ``start``,
-    clamped to [start, end] and never run backwards.
+
+def parse_window(
+    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
+) -> tuple[list[Segment], float | None]:
+    """Timestamped segments from one decoded window, as whisper.transcribe reads them,
+    and where to resume: seconds after ``start``, or None when the window is done.
+
+    Pairs of timestamp tokens delimit segments. A window ending in a pair (the model
+    opened a segment and stopped) or in text with no closing timestamp resumes at its
+    last timestamp, as does one that closed its last segment with seconds of audio
+    left, unless this is the ``final`` window: then unclosed text ends at ``end``.
+    Times are offset by ``start``, clamped to [start, end] and never run backwards.
     """
     import whisper
 
     precision = whisper.audio.HOP_LENGTH * 2 / SAMPLE_RATE  # 0.02 s per timestamp step
     begin = tokenizer.timestamp_begin
-    tokens = list(tokens)
+    tokens = [t for t in tokens if t >= begin or t < tokenizer.eot]
     pieces: list[tuple[float, float | None, list[int]]] = []  # (start, end or None, text tokens)
     current: list[int] = []
     seg_start: float | None = None
@@ -287,11 +328,20 @@ def parse_segments(tokens: Sequence[int], tokenizer: Any, start: float, end: flo
             else:
                 seg_start = time  # two timestamps in a row with nothing between: a new start
             last_time = time
-        elif t < tokenizer.eot:
+        else:
             if seg_start is None:
                 seg_start = last_time
             current.append(t)
-    if current:
+
+    resume: float | None = None
+    left = end - (start + last_time)
+    stopped_at_pair = len(tokens) >= 2 and tokens[-1] >= begin and tokens[-2] >= begin
+    # A closed last segment means "no more speech" to whisper.transcribe, but a chunk ends
+    # where voice activity ends, so seconds of audio after it are speech the model skipped.
+    wants_more = left >= MIN_REST_SECONDS if (stopped_at_pair or current) else left >= MIN_SKIPPED_SECONDS
+    if wants_more and not final and last_time > 0:
+        resume = last_time  # the unclosed text, if any, is decoded again from there
+    elif current:
         pieces.append((seg_start if seg_start is not None else last_time, None, current))
 
     segments: list[Segment] = []
@@ -304,4 +354,4 @@ def parse_segments(tokens: Sequence[int], tokenizer: Any, start: float, end: flo
         b = end if e is None else min(max(start + e, a), end)
         segments.append(Segment(round(a, 3), round(b, 3), text))
         floor = a
-    return segments
+    return segments, resume

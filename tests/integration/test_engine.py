@@ -13,7 +13,7 @@ from daemon.config import ModelConfig
 from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.loader import load_engine, pick_device, pick_precision
 from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
-from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_segments
+from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_segments, parse_window
 from daemon.errors import ModelError
 from tests import speech
 
@@ -109,7 +109,7 @@ def test_sampling_fallback_decodes_a_batch_reproducibly(engine):
 
     short = [Chunk(i, 0.0, 4.0, speech.read(n)) for i, n in enumerate(["ls_1988-24833-0000.flac", "ls_3752-4944-0002.flac"])]
     with torch.inference_mode(), _torch_threads(1):
-        features = engine._encode(engine._mel(short))
+        features = engine._encode(engine._mel([c.audio for c in short]))
         first = engine._decode(features, 0.4, "en", "transcribe")
         again = engine._decode(features, 0.4, "en", "transcribe")
     assert len(first) == 2
@@ -173,16 +173,26 @@ def test_pick_precision():
     assert pick_precision("cuda", "fp32") == "fp32"
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "True PASSIVE"), ("ACTIVE", "False ACTIVE")])
-def test_openmp_threads_sleep_unless_told_otherwise(given, expected):
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "True 3000 1 -"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "False - - ACTIVE"),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, "True - - PASSIVE"),
+    ],
+)
+def test_openmp_workers_stop_spinning_soon_unless_told_otherwise(given, expected):
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, sys, daemon.engines.loader as l; assert 'torch' not in sys.modules; print(l.PASSIVE_THREADS, os.environ['OMP_WAIT_POLICY'])"
+    names = ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_WAIT_POLICY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(given)
+    code = (
+        "import os, sys, daemon.engines.loader as l; assert 'torch' not in sys.modules; "
+        f"print(l.SHORT_SPIN, *(os.environ.get(k, '-') for k in {names!r}))"
+    )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
@@ -204,3 +214,38 @@ def test_parse_segments_reads_timestamp_pairs(engine):
     ]
     late = parse_segments([ts(0.5), *tok.encode(" Late"), ts(29.0)], tok, 10.0, 20.0)
     assert [(s.start, s.end) for s in late] == [(10.5, 20.0)]  # clamped to the chunk
+
+
+def test_parse_window_says_where_to_resume(engine):
+    tok = engine._tokenizer("en", "transcribe")
+
+    def ts(seconds: float) -> int:
+        return tok.timestamp_begin + round(seconds / 0.02)
+
+    one, two = tok.encode(" One."), tok.encode(" Two")
+    # stopped after opening a new segment: go on from there
+    segs, resume = parse_window([ts(0), *one, ts(5), ts(5)], tok, 100.0, 120.0)
+    assert [(s.start, s.end, s.text) for s in segs] == [(100.0, 105.0, "One.")] and resume == 5.0
+    # text with no closing timestamp is decoded again from its start, unless this is the last window
+    segs, resume = parse_window([ts(0), *one, ts(5), ts(5), *two], tok, 100.0, 120.0)
+    assert [s.text for s in segs] == ["One."] and resume == 5.0
+    segs, resume = parse_window([ts(0), *one, ts(5), ts(5), *two], tok, 100.0, 120.0, final=True)
+    assert [(s.start, s.end, s.text) for s in segs] == [(100.0, 105.0, "One."), (105.0, 120.0, "Two")]
+    assert resume is None
+    # a closed last segment: done if only the padding is left, resumed if seconds of speech are
+    assert parse_window([ts(0), *one, ts(18.5)], tok, 100.0, 120.0)[1] is None
+    assert parse_window([ts(0), *one, ts(15)], tok, 100.0, 120.0)[1] == 15.0
+    # too little left to be worth a window
+    assert parse_window([ts(0), *one, ts(19.5), ts(19.5)], tok, 100.0, 120.0)[1] is None
+
+
+def test_speech_after_an_early_stop_is_not_lost(engine):
+    # Two utterances 1.7 s apart in one chunk: decoded as a single window, tiny.en closes its
+    # segment after the first and stops (WER 81%). The rest of the chunk must still be heard.
+    audio, reference = speech.concat(["ls_2412-153948-0002.flac", "ls_1221-135766-0001.wav"], gap=1.7)
+    audio = audio[: len(audio) - int(1.3 * SAMPLE_RATE)]  # 0.4 s after the last word, as chunks have
+    chunk = Chunk(0, 40.0, 40.0 + len(audio) / SAMPLE_RATE, audio)
+    result = engine.transcribe([chunk], language="en", task="transcribe")[0]
+    _check_times([chunk], [result])
+    assert len(result.segments) >= 2
+    assert speech.wer(reference, _text([result])) < 0.1
