@@ -13,6 +13,7 @@ import pytest
 
 from tests import speech
 from tests.conftest import make_tree
+from tests.e2e.helpers import status
 
 KILLS = 20
 # Small batches, so a checkpoint lands every second or so and kills fall between, inside and after them.
@@ -34,13 +35,28 @@ def digest(path):
 
 
 def inputs(tree, copies=6):
-    """A long recording of several speakers and a handful of short memos, some in subfolders."""
+    """A long recording of several speakers and a handful of short memos, some in subfolders.
+    Returns each file's digest and its audio duration in seconds."""
     long_audio, _ = speech.concat(speech.clips() * copies, gap=0.7)  # 6 copies: about 14 minutes
     speech.write(tree.inbox / "lecture.m4a", long_audio)
+    durations = {"lecture.m4a": len(long_audio) / speech.SR}
     (tree.inbox / "memos").mkdir()
     for name in speech.clips()[:5]:
         shutil.copy(speech.DATA / name, tree.inbox / "memos" / name)
-    return {p.relative_to(tree.inbox).as_posix(): digest(p) for p in tree.inbox.rglob("*") if p.is_file()}
+        durations[f"memos/{name}"] = len(speech.read(name)) / speech.SR
+    digests = {p.relative_to(tree.inbox).as_posix(): digest(p) for p in tree.inbox.rglob("*") if p.is_file()}
+    return digests, durations
+
+
+def audio_left(tree, durations):
+    """Seconds of audio not transcribed yet, from what the daemon's status says."""
+    jobs = {j["name"]: j for j in status(tree)["jobs"]}
+    left = 0.0
+    for name, seconds in durations.items():
+        job = jobs.get(name)
+        if job is None or job["state"] not in ("done", "failed"):
+            left += seconds * (1.0 - (job["progress"] if job else 0.0))
+    return left
 
 
 def content(tree):
@@ -86,13 +102,15 @@ def test_hundreds_of_kills_over_a_two_hour_recording(tmp_path, model_cache):
 
 def kill_and_check(tmp_path, model_cache, *, kills, copies, seed):
     calm = small_batches(make_tree(tmp_path / "calm", model_cache))
-    originals = inputs(calm, copies)
+    originals, durations = inputs(calm, copies)
+    began = time.monotonic()
     assert calm.run("run", "--drain", timeout=4 * 3600).returncode == 0
+    speed = sum(durations.values()) / (time.monotonic() - began)  # audio seconds per second, start-up included
     expected = content(calm)
     assert len(expected) == 4 * len(originals)
 
     tree = small_batches(make_tree(tmp_path / "killed", model_cache, KILL_CONFIG))
-    assert inputs(tree, copies) == originals
+    assert inputs(tree, copies) == (originals, durations)
     rng = random.Random(seed)
     wanted = kills
     kills = 0
@@ -100,9 +118,14 @@ def kill_and_check(tmp_path, model_cache, *, kills, copies, seed):
     runs = 0
     while kills < wanted and runs < 10 * wanted:
         runs += 1
+        # Kills are paced by the work left, so that all of them land before the work is done however
+        # fast this machine is: on average a run lives as long as its share of the remaining work
+        # would take, at most 8 s; with little left, runs die during start-up (0.1-0.5 s).
+        share = audio_left(tree, durations) / speed / (wanted - kills)
+        longest = min(8.0, max(0.5, 1.6 * share))
         proc = tree.popen("run", "--drain")
         try:
-            proc.wait(timeout=rng.uniform(1.0, 8.0))  # during start-up, decoding, writing or moving
+            proc.wait(timeout=rng.uniform(0.25, 1.0) * longest)  # during start-up, decoding, writing or moving
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
