@@ -122,6 +122,7 @@ class Bench:
         self.hog: CpuHog | None = None  # the busy loop, while workload D runs
         self.waited = 0.0
         self.resumed: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.resumed_code: dict[str, Any] | None = None
         if args.resume:
             self._resume()
 
@@ -141,11 +142,11 @@ class Bench:
             self.transcripts[f"{r['workload']}/{r['condition']}/{r['engine']}/{r['variant']}"] = transcripts.get(
                 f"{r['workload']}/{r['condition']}/{r['engine']}/{r['variant']}", {})
         self.out["machine"] = old.get("machine", self.out["machine"])
+        self.resumed_code = old.get("daemon_code")
         self.out["resumed"] = old.get("resumed", []) + [{
             "at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "runs_kept": len(self.resumed), "after_minutes": old.get("bench_minutes_so_far"),
         }]
-        self.out["notes"] = old.get("notes", [])
         if "overhead" in old and not (old["overhead"] or {}).get("error"):
             self.out["overhead"] = old["overhead"]
         self.say(f"--resume: keeping {len(self.resumed)} runs measured earlier")
@@ -183,6 +184,8 @@ class Bench:
             self.say(f"whisperd runs from a copy of daemon/ {when} ({where}), code {wd.code_fingerprint()}")
         self.out["daemon_code"] = {"fingerprint": wd.code_fingerprint(), "frozen": bool(self.args.freeze),
                                    "git_head": _git_head()}
+        if self.resumed_code and self.resumed_code.get("fingerprint") == wd.code_fingerprint():
+            self.out["daemon_code"] = self.resumed_code  # the same code: keep where it came from
         stale = [k for k, r in self.resumed.items() if r.get("daemon_code") not in (None, wd.code_fingerprint())]
         if stale:
             self.say(f"--resume: the daemon's code changed since; measuring its {len(stale)} whisperd runs again")
@@ -384,7 +387,8 @@ class Bench:
                         self.whisperd(w, combo)
 
         if "shared" in a.stages:
-            self.quiet()  # before the busy loop starts, which the wait then leaves out
+            if not any(k[3] == "shared" for k in self.resumed):
+                self.quiet()  # before the busy loop starts, which the wait then leaves out
             with CpuHog() as hog:
                 self.hog = hog
                 self.out["shared_machine"] = {"hog": f"python busy loop pinned to core {hog.core}"}
