@@ -50,6 +50,7 @@ BASELINES: list[tuple[str, str, dict[str, Any]]] = [
 DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (fp32 on CPU), batch 8, threads auto
 # one setting changed at a time; then the best of each combined, if that combination is new
 SWEEP = [
+    wd.Settings("bf16", 8, 0),
     wd.Settings("int8", 8, 0),
     wd.Settings("auto", 4, 0),
     wd.Settings("auto", 16, 0),

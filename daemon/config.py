@@ -22,7 +22,7 @@ EX_CONFIG = 78
 
 FORMATS = ("txt", "srt", "vtt", "json")
 DEVICES = ("auto", "cpu", "mps", "cuda")
-PRECISIONS = ("auto", "fp16", "fp32", "int8")
+PRECISIONS = ("auto", "fp16", "fp32", "bf16", "int8")
 TASKS = ("transcribe", "translate")
 DUPLICATES = ("skip", "transcribe")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

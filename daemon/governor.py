@@ -58,7 +58,7 @@ _MODELS: tuple[tuple[str, int, int], ...] = (
     ("base", 74_000_000, 512),
     ("tiny", 39_000_000, 384),
 )
-_BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1, "auto": 4}
+_BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 4, "int8": 1, "auto": 4}  # bf16: only the encoder is
 _WORK_PER_ITEM_TINY = 60 * MIB  # activations and decoder cache for one 30 s item, tiny
 _JOB_OVERHEAD = 100 * MIB  # decoded audio, VAD, outputs
 

@@ -61,7 +61,7 @@ class FasterWhisperEngine:
         device = pick_device(device, mps=lambda: False)  # CTranslate2 has no Metal backend
         precision = (precision or "auto").lower()
         if device == "cpu":  # CTranslate2's int8 is its fast CPU mode; fp16 does not exist there
-            precision = "fp32" if precision in ("fp32", "fp16") else "int8"
+            precision = "fp32" if precision in ("fp32", "fp16", "bf16") else "int8"
         elif precision == "auto":
             precision = "fp16"
         compute_type = _COMPUTE.get((device, precision), "default")

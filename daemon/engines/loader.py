@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from daemon.config import ModelConfig
 from daemon.engines.base import Engine
@@ -56,6 +56,16 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def cpu_has_bf16(torch: Any = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX), so
+    that bf16 is faster here rather than slower."""
+    if torch is None:
+        import torch
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
 def pick_device(
     requested: str,
     *,
@@ -77,13 +87,14 @@ def pick_device(
 
 def pick_precision(device: str, requested: str) -> str:
     """``auto`` is fp16 on a GPU and fp32 on the CPU. The CPU never runs fp16 (PyTorch
-    has no fast fp16 CPU kernels and mixed dtypes fail), and int8 is a CPU-only mode."""
+    has no fast fp16 CPU kernels and mixed dtypes fail); int8 and bf16 (the encoder in
+    bfloat16, for CPUs with AVX-512 BF16 or AMX) are CPU-only modes."""
     requested = (requested or "auto").lower()
     if requested == "auto":
         return "fp16" if device in GPU_DEVICES else "fp32"
     if device == "cpu" and requested == "fp16":
         return "fp32"
-    if device in GPU_DEVICES and requested == "int8":
+    if device in GPU_DEVICES and requested in ("int8", "bf16"):
         return "fp16"
     return requested
 

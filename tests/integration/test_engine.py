@@ -163,8 +163,51 @@ def test_pick_device():
     assert pick_device("cuda", cuda=yes, mps=no) == "cuda"
 
 
+def test_finished_items_leaving_the_batch_change_no_token(engine, talk):
+    """The shrinking loop against whisper.decode itself: windows of very different lengths (so
+    items end at different steps and leave the batch), greedy, fp32: the same tokens, scores
+    and no-speech probabilities."""
+    import torch
+
+    from daemon.engines import shrinking
+
+    chunks, _ = talk
+    windows = [c.audio for c in chunks] + [speech.read(NAMES[1])[: 2 * SAMPLE_RATE], np.zeros(SAMPLE_RATE, np.float32)]
+    options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
+    with torch.inference_mode():
+        features = engine._encode(engine._mel(windows))
+        ours = shrinking.decode(engine.model, features, options)
+        stock = whisper.decode(engine.model, features, options)
+    assert len({len(r.tokens) for r in stock}) >= 3  # the items really end at different steps
+    assert [r.tokens for r in ours] == [r.tokens for r in stock]
+    assert [r.text for r in ours] == [r.text for r in stock]
+    for a, b in zip(ours, stock):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-5)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
+        assert a.compression_ratio == b.compression_ratio
+
+
+def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk):
+    import torch
+
+    from daemon.engines.loader import cpu_has_bf16
+
+    chunks, reference = talk
+    bf16 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="bf16", batch_size=8)
+    native = cpu_has_bf16()
+    assert bf16.info.precision == ("bf16" if native else "fp32")
+    encoder_types = {p.dtype for p in bf16.model.encoder.parameters()}
+    assert encoder_types == ({torch.bfloat16, torch.float32} if native else {torch.float32})  # layer norms stay fp32
+    assert {p.dtype for p in bf16.model.decoder.parameters()} == {torch.float32}
+    results = bf16.transcribe(chunks, language="en", task="transcribe")
+    _check_times(chunks, results)
+    assert speech.wer(reference, _text(results)) < 0.15
+
+
 def test_pick_precision():
     assert pick_precision("cpu", "auto") == "fp32"
+    assert pick_precision("cpu", "bf16") == "bf16"
+    assert pick_precision("cuda", "bf16") == "fp16"
     assert pick_precision("cpu", "fp16") == "fp32"  # never half precision on the CPU
     assert pick_precision("cpu", "int8") == "int8"
     assert pick_precision("cuda", "auto") == "fp16"
