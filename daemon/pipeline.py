@@ -20,6 +20,7 @@ from daemon.config import Config, FolderConfig
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.errors import SourceGoneError, UnsafePathError, WhisperdError
 from daemon.jobs import Checkpoint, Job, Outcome, State
+from daemon.prefetch import Prefetch
 from daemon.queue import Queue
 
 log = logging.getLogger("whisperd.pipeline")
@@ -54,16 +55,16 @@ def is_permanent(exc: BaseException) -> bool:
 class JobRun:
     """A claimed job being transcribed chunk by chunk."""
 
-    def __init__(self, job: Job, folder: FolderConfig, info: audio.AudioInfo, vad: audio.Vad) -> None:
+    def __init__(self, job: Job, folder: FolderConfig, info: audio.AudioInfo, vad: audio.Vad, *, ahead: int = 0) -> None:
         self.job = job
         self.folder = folder
         self.duration = info.duration
         cp = job.checkpoint
         self.checkpoint = cp
         self.started = time.monotonic()
-        self._chunks: Iterator[audio.Chunk] = audio.iter_chunks(
-            job.path, start_at=cp.offset, key=str(job.id), first_index=cp.chunks_done, vad=vad
-        )
+        chunks = audio.iter_chunks(job.path, start_at=cp.offset, key=str(job.id), first_index=cp.chunks_done, vad=vad)
+        # with ``ahead``, the next chunks are decoded and cut while the model works on these
+        self._chunks: Iterator[audio.Chunk] = Prefetch(chunks, ahead) if ahead > 0 else chunks
         self._peeked: audio.Chunk | None = None
         self.exhausted = False
         self.in_flight = 0
@@ -90,6 +91,12 @@ class JobRun:
     @property
     def done(self) -> bool:
         return self.exhausted and self.in_flight == 0
+
+    def close(self) -> None:
+        """Stop reading the file (this run is finished, failed or handed back)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
     def accept(self, results: list[ChunkResult]) -> Checkpoint:
         """Fold this run's results (in chunk order) into a new checkpoint."""

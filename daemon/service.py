@@ -36,6 +36,9 @@ EX_OK = 0
 EX_TEMPFAIL = 75
 STATUS_FILE = "daemon.json"
 STOP_SECONDS = 15.0  # launchd's ExitTimeOut is 20 s
+# With nothing queued, settling or running, the loop looks around this seldom: file events,
+# signals, workers and the clock wake it at once anyway, so only the idle CPU changes.
+IDLE_POLL_SECONDS = 5.0
 
 
 def _owner_alive(owner: str) -> bool:
@@ -142,6 +145,7 @@ class Service:
         self._events_lock = threading.Lock()
         self._ignore_windows = False
         self._last_lease_check = float("-inf")
+        self._idle = False  # nothing queued, settling or running, as of the last tick
         self.decision: Any = None
         self._status: dict[str, Any] = {}
         self._permissions: dict[str, Permission] = {}
@@ -199,7 +203,8 @@ class Service:
                 self._tick()
                 if drain and self._drained():
                     break
-                self.flags.wake.wait(self.config.watch.poll_seconds)
+                poll = self.config.watch.poll_seconds
+                self.flags.wake.wait(max(poll, IDLE_POLL_SECONDS) if self._idle else poll)
                 self.flags.wake.clear()
         finally:
             self.flags.stop.set()
@@ -390,6 +395,7 @@ class Service:
         assert self.queue is not None
         working = any(w.busy for w in self.workers)
         empty = not working and self.queue.pending() == 0
+        self._idle = empty and not len(self.settler)
         if self.keep_awake is not None:
             if working and not self.keep_awake.active:
                 self.keep_awake.start()

@@ -125,7 +125,7 @@ class Worker:
                 job.id, self.name, duration=info.duration, model=engine.info.model, device=engine.info.device,
                 precision=engine.info.precision,
             )
-            run = JobRun(job, steps.folder(job), info, self.vad)  # type: ignore[arg-type]
+            run = JobRun(job, steps.folder(job), info, self.vad, ahead=self.config.model.batch_size)  # type: ignore[arg-type]
         except LeaseLost:
             return None
         except Exception as exc:
@@ -190,11 +190,11 @@ class Worker:
                 run.job.id, self.name, cp, duration=run.duration, now=now, lease_seconds=self.config.jobs.lease_seconds
             ):
                 log.warning("lost the lease on job %s; leaving it to its new owner", run.job.id, extra={"action": "job.lease_lost", "job": run.job.id})
-                self.runs.remove(run)
+                self._forget(run)
 
     def _complete_finished(self) -> None:
         for run in [r for r in self.runs if r.done]:
-            self.runs.remove(run)
+            self._forget(run)
             engine = self._engine()
             try:
                 self.on_outcome(self.steps.complete(run.job, run, engine.info))
@@ -203,9 +203,13 @@ class Worker:
             except Exception as exc:
                 self._error(run.job, exc)
 
-    def _drop(self, run: JobRun, exc: BaseException) -> None:
+    def _forget(self, run: JobRun) -> None:
         if run in self.runs:
             self.runs.remove(run)
+        run.close()
+
+    def _drop(self, run: JobRun, exc: BaseException) -> None:
+        self._forget(run)
         self._error(run.job, exc)
 
     def _error(self, job: Job, exc: BaseException) -> None:
@@ -221,9 +225,9 @@ class Worker:
 
     def _release_all(self, reason: str) -> None:
         for run in list(self.runs):
+            self._forget(run)
             self.queue.release(run.job.id, self.name)
             log.info("handed back %s at %.0f s: %s", run.job.rel, run.checkpoint.offset, reason, extra={"action": "job.release", "job": run.job.id})
-        self.runs.clear()
 
 
 class _CrashLoop(ModelError):

@@ -29,7 +29,8 @@ from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, Infe
 
 
 class CpuInference(Inference):
-    """The text decoder's forward pass with caches of our own layout (see the module's text)."""
+    """The text decoder's forward pass with caches of our own layout (see the module's text).
+    For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
 
     def __init__(self, model: Any) -> None:
         self.decoder = model.decoder
@@ -86,11 +87,6 @@ class CpuInference(Inference):
         self.cross = [(k[keep], v[keep]) for k, v in self.cross]
         self.keys = [k[keep] for k in self.keys]
         self.values = [v[keep] for v in self.values]
-
-    def rearrange_kv_cache(self, source_indices: list[int]) -> None:
-        if source_indices != list(range(len(source_indices))):
-            self.keys = [k[source_indices] for k in self.keys]
-            self.values = [v[source_indices] for v in self.values]
 
     def cleanup_caching(self) -> None:
         self.cross, self.keys, self.values = [], [], []
