@@ -307,22 +307,26 @@ class RunningDaemon:
         return self.proc.returncode
 
 
-def _tree_cpu_seconds(proc: psutil.Process) -> float:
-    total = 0.0
+def _tree_cpu_seconds(proc: psutil.Process) -> dict[int, float]:
+    """CPU seconds so far of each process in the tree, by pid."""
+    out: dict[int, float] = {}
     for p in [proc] + proc.children(recursive=True):
         try:
             t = p.cpu_times()
         except psutil.Error:
             continue
-        total += t.user + t.system
-    return total
+        out[p.pid] = t.user + t.system
+    return out
 
 
 def idle_cpu_percent(proc: psutil.Process, seconds: float) -> float:
-    """CPU used by the process tree over ``seconds``, in % of one core."""
+    """CPU used by the process tree over ``seconds``, in % of one core. A process that
+    ends meanwhile (a worker not yet reaped at the start) counts for none of it, rather
+    than taking all its past CPU time away from the sum; one that starts counts whole."""
     before = _tree_cpu_seconds(proc)
     time.sleep(seconds)
-    return 100.0 * (_tree_cpu_seconds(proc) - before) / seconds
+    after = _tree_cpu_seconds(proc)
+    return 100.0 * sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items()) / seconds
 
 
 def _drop(tree: Tree, src: Path, name: str) -> float:
