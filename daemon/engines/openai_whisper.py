@@ -11,7 +11,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
-from daemon.engines import shrinking
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.loader import SHORT_SPIN, cpu_has_bf16, pick_device, pick_precision
 from daemon.jobs import Segment
@@ -188,6 +187,8 @@ class OpenAIWhisperEngine:
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
                     out.append(whisper.decode(self.model, features[i : i + 1], options)[0])
             return out
+        from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
+
         return shrinking.decode(self.model, features, options)
 
     def _decode_with_fallback(self, features: Any, language: str | None, task: str) -> list[Any]:
