@@ -163,11 +163,14 @@ def test_pick_device():
     assert pick_device("cuda", cuda=yes, mps=no) == "cuda"
 
 
-def test_finished_items_leaving_the_batch_change_no_token(engine, talk):
+@pytest.mark.parametrize("step", ["cpu", "whisper"])
+def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     """The shrinking loop against whisper.decode itself: windows of very different lengths (so
     items end at different steps and leave the batch), greedy, fp32: the same tokens, scores
-    and no-speech probabilities."""
+    and no-speech probabilities. With the CPU token step, and with whisper's own (hooked
+    key/value caches), which is what a GPU uses."""
     import torch
+    from whisper.decoding import PyTorchInference
 
     from daemon.engines import shrinking
 
@@ -176,7 +179,11 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk):
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
         features = engine._encode(engine._mel(windows))
-        ours = shrinking.decode(engine.model, features, options)
+        task = shrinking.ShrinkingDecodingTask(engine.model, options)
+        assert isinstance(task.inference, shrinking.CpuInference)
+        if step == "whisper":
+            task.inference = PyTorchInference(engine.model, len(task.initial_tokens))
+        ours = task.run(features)
         stock = whisper.decode(engine.model, features, options)
     assert len({len(r.tokens) for r in stock}) >= 3  # the items really end at different steps
     assert [r.tokens for r in ours] == [r.tokens for r in stock]
