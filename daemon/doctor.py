@@ -120,12 +120,13 @@ def check_device(model: ModelConfig, torch: Any) -> Check:
         return _warn(name, detail, "faster-whisper cannot use MPS and will run on the CPU; use engine openai-whisper for the GPU")
     if device == "cpu" and precision == "fp16":
         return _warn(name, detail, "fp16 is not supported on the CPU and falls back to fp32; set model.precision: auto")
-    if precision == "bf16" and (device != "cpu" or model.engine != "openai-whisper"):
-        return _warn(name, detail, "bf16 applies to openai-whisper on the CPU only; set model.precision: auto")
-    from daemon.engines.loader import cpu_has_bf16
+    if precision == "bf16":
+        from daemon.engines.loader import cpu_has_bf16
 
-    if precision == "bf16" and not _available(lambda: cpu_has_bf16(torch)):
-        return _warn(name, detail, "this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so bf16 runs as fp32; set model.precision: auto")
+        if device != "cpu" or model.engine != "openai-whisper":
+            return _warn(name, detail, "bf16 applies to openai-whisper on the CPU only; set model.precision: auto")
+        if not _available(lambda: cpu_has_bf16(torch)):
+            return _warn(name, detail, "this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so bf16 runs as fp32; set model.precision: auto")
     return _ok(name, detail)
 
 

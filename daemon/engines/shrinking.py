@@ -3,8 +3,9 @@
 ``whisper.decode`` runs every item of a batch until the last one reaches end-of-text:
 an item that finished after 40 tokens keeps paying for its cross-attention, which
 reads all 1,500 audio frames of every layer at every step, until the longest item
-is done after 120. Here an item leaves the batch (its tokens, audio features and
-key/value caches) as soon as it has ended, and the rest carry on. Everything else
+is done after 120. Here ended items leave the batch (their tokens, audio features and
+key/value caches) and the rest carry on; they leave in groups, once a quarter of the
+batch has ended, since each leaving copies every cache. Everything else
 is whisper's own: the same ``DecodingTask`` with its logit filters, greedy decoder,
 ranking and results, so the tokens are the ones ``whisper.decode`` picks.
 
