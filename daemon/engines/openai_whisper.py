@@ -29,6 +29,10 @@ SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives
 MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
 MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
 MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
+# On a CPU the encoder is compute-bound and a batch gains nothing: its activations only grow
+# out of the caches (measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights).
+# The features come out bit for bit the same either way.
+CPU_ENCODER_BATCH = 1
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -209,8 +213,17 @@ class OpenAIWhisperEngine:
         return results
 
     def _encode(self, mel: Any) -> Any:
-        """Audio features for a batch of mels: the encoder runs once per batch, and
-        temperature fallbacks reuse its output."""
+        """Audio features for a batch of mels, computed once per batch: temperature
+        fallbacks reuse them. On the CPU the encoder takes one window at a time (see
+        ``CPU_ENCODER_BATCH``); a GPU takes the whole batch."""
+        if self.info.device == "cpu" and mel.shape[0] > CPU_ENCODER_BATCH:
+            import torch
+
+            step = CPU_ENCODER_BATCH
+            return torch.cat([self._encode_batch(mel[i : i + step]) for i in range(0, mel.shape[0], step)])
+        return self._encode_batch(mel)
+
+    def _encode_batch(self, mel: Any) -> Any:
         precision = self.info.precision
         if precision == "bf16":
             import torch

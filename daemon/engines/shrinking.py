@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, Inference
 
 
+LEAVE_SHARE = 4  # ended rows leave once they are a quarter of the batch
+
+
 class CpuInference(Inference):
     """The text decoder's forward pass with caches of our own layout (see the module's text).
     For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
@@ -84,13 +87,31 @@ class CpuInference(Inference):
         w = torch.matmul(q, k).softmax(dim=-1)
         return attn.out(torch.matmul(w, v).permute(0, 2, 1, 3).flatten(start_dim=2))
 
-    def keep_rows(self, keep: list[int]) -> None:
-        self.cross = [(k[keep], v[keep]) for k, v in self.cross]
-        self.keys = [k[keep] for k in self.keys]
-        self.values = [v[keep] for v in self.values]
+    def keep_rows(self, order: list[int]) -> None:
+        """Row ``p`` becomes old row ``order[p]``. ``order`` is ``compact``'s: the cross-attention
+        caches (18 MB per row) are not copied whole, only their last rows into the places of
+        ended ones, and what is left is the front of the same memory."""
+        n = len(order)
+        moved = [(p, q) for p, q in enumerate(order) if p != q]
+        for k, v in self.cross:
+            for p, q in moved:
+                k[p].copy_(k[q])
+                v[p].copy_(v[q])
+        self.cross = [(k[:n], v[:n]) for k, v in self.cross]
+        self.keys = [k[order] for k in self.keys]
+        self.values = [v[order] for v in self.values]
 
     def cleanup_caching(self) -> None:
         self.cross, self.keys, self.values = [], [], []
+
+
+def compact(ended: list[bool]) -> list[int]:
+    """The rows to keep, as an order: the rows still decoding at the front stay where they
+    are, and the last ones still decoding move into the places of the ended rows before them.
+    So ``[F, T, F, F, T, F]`` gives ``[0, 5, 2, 3]``: one row moves instead of four."""
+    n = ended.count(False)
+    movers = iter(q for q in range(n, len(ended)) if not ended[q])
+    return [next(movers) if ended[p] else p for p in range(n)]
 
 
 class ShrinkingDecodingTask(DecodingTask):
@@ -124,15 +145,15 @@ class ShrinkingDecodingTask(DecodingTask):
                 ended = (tokens[:, -1] == eot).tolist()
                 # Leaving copies every cache, so rows leave in groups: once a quarter of the batch
                 # has ended. Until then an ended row only repeats end-of-text and adds nothing.
-                if sum(ended) * 4 >= len(ended):
-                    keep = [k for k, e in enumerate(ended) if not e]
+                if sum(ended) * LEAVE_SHARE >= len(ended):
                     for k, e in enumerate(ended):
                         if e:
                             finished[rows[k]] = tokens[k]
                             sum_logprobs[rows[k]] = running[k]
+                    keep = compact(ended)
                     rows = [rows[k] for k in keep]
-                    tokens, running, audio_features = tokens[keep], running[keep], audio_features[keep]
-                    self._keep_rows(keep)
+                    tokens, running = tokens[keep], running[keep]
+                    audio_features = self._keep_rows(keep, audio_features)
         finally:
             self.inference.cleanup_caching()
         for k, row in enumerate(rows):
@@ -144,14 +165,16 @@ class ShrinkingDecodingTask(DecodingTask):
             out[row, : t.shape[0]] = t
         return out, sum_logprobs, no_speech_probs
 
-    def _keep_rows(self, keep: list[int]) -> None:
-        """Drop the ended rows from every cached key and value, self- and cross-attention alike."""
+    def _keep_rows(self, keep: list[int], audio_features: torch.Tensor) -> torch.Tensor:
+        """Drop the ended rows from every cached key and value, self- and cross-attention alike,
+        and from the audio features; ``keep`` is ``compact``'s order."""
         if isinstance(self.inference, CpuInference):
             self.inference.keep_rows(keep)
-            return
+            return audio_features[: len(keep)]  # read at the first step only (then laid out), for its type
         cache: dict[Any, torch.Tensor] = self.inference.kv_cache  # type: ignore[attr-defined]
         for module, value in cache.items():
             cache[module] = value[keep]
+        return audio_features[keep]
 
 
 @torch.no_grad()

@@ -163,6 +163,17 @@ def test_pick_device():
     assert pick_device("cuda", cuda=yes, mps=no) == "cuda"
 
 
+def test_rows_still_decoding_move_into_the_places_of_ended_ones():
+    from daemon.engines.shrinking import compact
+
+    F, T = False, True
+    assert compact([F, T, F, F, T, F]) == [0, 5, 2, 3]
+    assert compact([T, T, F, F]) == [2, 3]
+    assert compact([F, F, T, T]) == [0, 1]
+    assert compact([T, F]) == [1]
+    assert compact([T, T]) == []
+
+
 @pytest.mark.parametrize("step", ["cpu", "whisper"])
 def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     """The shrinking loop against whisper.decode itself: windows of very different lengths (so
