@@ -80,7 +80,7 @@ class Settings:
     """The model keys a run varies; the rest of the config is fixed."""
 
     precision: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 16
     threads: int = 0
 
     @property

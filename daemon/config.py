@@ -35,7 +35,7 @@ class ModelConfig:
     name: str = "tiny.en"
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 16
     threads: int = 0  # 0: choose from the number of cores
     idle_unload_minutes: float = 10.0
     engine: str = "openai-whisper"
@@ -253,7 +253,7 @@ def _model(data: Any, lines: dict[str, int], base: Path) -> ModelConfig:
         name=name,
         device=s.choice("device", "auto", DEVICES),
         precision=s.choice("precision", "auto", PRECISIONS),
-        batch_size=s.number("batch_size", 8, minimum=1, integer=True),
+        batch_size=s.number("batch_size", 16, minimum=1, integer=True),
         threads=s.number("threads", 0, minimum=0, integer=True),
         idle_unload_minutes=s.number("idle_unload_minutes", 10.0),
         engine=s.choice("engine", "openai-whisper", ("openai-whisper", "faster-whisper")),
