@@ -219,8 +219,7 @@ class OpenAIWhisperEngine:
         if self.info.device == "cpu" and mel.shape[0] > CPU_ENCODER_BATCH:
             import torch
 
-            step = CPU_ENCODER_BATCH
-            return torch.cat([self._encode_batch(mel[i : i + step]) for i in range(0, mel.shape[0], step)])
+            return torch.cat([self._encode_batch(part) for part in mel.split(CPU_ENCODER_BATCH)])
         return self._encode_batch(mel)
 
     def _encode_batch(self, mel: Any) -> Any:
