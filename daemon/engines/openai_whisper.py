@@ -118,6 +118,11 @@ class OpenAIWhisperEngine:
                 precision = "fp32"
         elif device == "cuda":
             model = model.to("cuda")
+        if device == "cpu":
+            from daemon.engines import gemm
+
+            model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
+            log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
         self.model = model.eval()
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}

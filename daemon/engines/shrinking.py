@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, Inference
 
+from daemon.engines import gemm
+
 
 LEAVE_SHARE = 4  # ended rows leave once they are a quarter of the batch
 
@@ -39,6 +41,7 @@ class CpuInference(Inference):
 
     def __init__(self, model: Any) -> None:
         self.decoder = model.decoder
+        self.linear = gemm.linear_of(model)  # the vocabulary projection, as the model's layers multiply
         self.n_head = model.dims.n_text_head
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys (B,H,D,T), values (B,H,T,D)
         self.keys: list[torch.Tensor] = []  # per layer: self-attention keys so far, (B, tokens, state)
@@ -60,7 +63,7 @@ class CpuInference(Inference):
             x = x + self._cross_attention(i, block.cross_attn, block.cross_attn_ln(x))
             x = x + block.mlp(block.mlp_ln(x))
         x = dec.ln(x)
-        return (x @ torch.transpose(dec.token_embedding.weight.to(x.dtype), 0, 1)).float()
+        return self.linear(x, dec.token_embedding.weight.to(x.dtype)).float()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(*t.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)  # (B, H, tokens, D)

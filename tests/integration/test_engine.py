@@ -72,6 +72,23 @@ def test_batched_engine_transcribes_real_speech(engine, talk):
     assert (engine.info.name, engine.info.device, engine.info.precision) == ("openai-whisper", "cpu", "fp32")
 
 
+def test_onednn_products_give_the_same_transcript(checkpoint, talk, tmp_path):
+    """Whichever matrix products the machine measures faster, the words are the same."""
+    from daemon.engines import gemm
+
+    chunks, _ = talk
+    e = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, cache_dir=tmp_path)
+    assert e.model.gemm in (gemm.TORCH, gemm.ONEDNN)
+    assert len(list(tmp_path.glob("gemm-*.json"))) == 1  # measured once, for the next start
+    texts = {}
+    for choice in (gemm.TORCH, gemm.ONEDNN):
+        gemm.use(e.model, choice)
+        results = e.transcribe(chunks, language="en", task="transcribe")
+        _check_times(chunks, results)
+        texts[choice] = [[s.text for s in r.segments] for r in results]
+    assert texts[gemm.TORCH] == texts[gemm.ONEDNN]
+
+
 def test_small_batches_give_every_chunk_its_result(checkpoint, talk):
     chunks, reference = talk
     small = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2)
