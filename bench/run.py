@@ -55,6 +55,7 @@ SWEEP = [
     wd.Settings("auto", 8, 0),
     wd.Settings("auto", 32, 0),
     wd.Settings("auto", 16, 1),
+    wd.Settings("auto", 16, 0, fit_windows=False),
 ]
 QUICK_SWEEP = [wd.Settings("int8", 16, 0)]
 

@@ -82,14 +82,16 @@ class Settings:
     precision: str = "auto"
     batch_size: int = 16
     threads: int = 0
+    fit_windows: bool = True
 
     @property
     def label(self) -> str:
         threads = "auto" if self.threads == 0 else str(self.threads)
-        return f"{self.precision}/bs{self.batch_size}/threads {threads}"
+        return f"{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "batch_size": self.batch_size, "threads": self.threads}
+        return {"precision": self.precision, "batch_size": self.batch_size, "threads": self.threads,
+                "fit_windows": self.fit_windows}
 
 
 @dataclass

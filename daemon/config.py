@@ -40,6 +40,7 @@ class ModelConfig:
     idle_unload_minutes: float = 10.0
     engine: str = "openai-whisper"
     cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
+    fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see openai_whisper
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ def _model(data: Any, lines: dict[str, int], base: Path) -> ModelConfig:
         idle_unload_minutes=s.number("idle_unload_minutes", 10.0),
         engine=s.choice("engine", "openai-whisper", ("openai-whisper", "faster-whisper")),
         cache_dir=_resolve(base, cache) if cache else None,
+        fit_windows=s.boolean("fit_windows", True),
     )
     s.finish()
     return m

@@ -119,4 +119,5 @@ def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
         batch_size=cfg.batch_size,
         name=cfg.name,
         cache_dir=cache,
+        fit_windows=cfg.fit_windows,
     )

@@ -33,6 +33,12 @@ MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a 
 # out of the caches (measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights).
 # The features come out bit for bit the same either way.
 CPU_ENCODER_BATCH = 1
+# Fit windows (``fit_windows``): a chunk shorter than 30 s is encoded in a window cut to its
+# length plus this much, at least FIT_MIN_SECONDS; the encoder's cost falls with it (a 3 s memo
+# no longer pays for 30 s). Closer fits make the model loop ("the 2 stray kittens ..." over and
+# over in a 4.2 s window, measured on LibriSpeech).
+FIT_MARGIN_SECONDS = 3.0
+FIT_MIN_SECONDS = 10.0
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -83,6 +89,7 @@ class OpenAIWhisperEngine:
         beam_size: int | None = None,
         name: str | None = None,
         cache_dir: Path | None = None,
+        fit_windows: bool = False,
     ) -> None:
         import torch
 
@@ -124,6 +131,8 @@ class OpenAIWhisperEngine:
             model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
             log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
         self.model = model.eval()
+        # the padding of fit windows is masked by the CPU's greedy token step only
+        self.fit_windows = fit_windows and device == "cpu" and self.beam_size is None
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
@@ -174,10 +183,29 @@ class OpenAIWhisperEngine:
             mels.append(whisper.pad_or_trim(mel[:, : min(N_FRAMES, content)], N_FRAMES))
         return torch.stack(mels).to(self.info.device)
 
-    def _decode(self, features: Any, temperature: float, language: str | None, task: str) -> list[Any]:
+    def _frames(self, windows: Sequence[np.ndarray], language: str | None) -> list[int]:
+        """Mel frames of each window to encode: all 3,000 (30 s), or with fit windows the
+        audio's length plus a margin (an even number: the encoder halves it). Not when the
+        language is to be detected: whisper detects it on unmasked features."""
+        from whisper.audio import HOP_LENGTH, N_FRAMES
+
+        if not self.fit_windows or language is None:
+            return [N_FRAMES] * len(windows)
+        out = []
+        for audio in windows:
+            seconds = max(FIT_MIN_SECONDS, len(audio) / SAMPLE_RATE + FIT_MARGIN_SECONDS)
+            out.append(min(N_FRAMES, 2 * int(np.ceil(seconds * SAMPLE_RATE / HOP_LENGTH / 2))))
+        return out
+
+    def _decode(
+        self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None
+    ) -> list[Any]:
+        """One decoding pass. ``frames``: each item's own number of audio features, when the
+        items are padded to the longest (fit windows)."""
         import torch
         import whisper
 
+        frames = frames or [features.shape[1]] * features.shape[0]
         fp16 = self.info.precision == "fp16"
         if temperature > 0:
             options = whisper.DecodingOptions(
@@ -187,26 +215,28 @@ class OpenAIWhisperEngine:
             options = whisper.DecodingOptions(
                 task=task, language=language, temperature=0.0, beam_size=self.beam_size, fp16=fp16
             )
+        from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
+
         if (options.best_of or options.beam_size or 1) > 1:
             # openai-whisper 20250625 no longer repeats the audio features per beam or sample,
-            # which only broadcasts for one item at a time: decode these items one by one
+            # which only broadcasts for one item at a time: decode these items one by one,
+            # each without padding (whisper's own loop masks none)
             out = []
             with torch.random.fork_rng(devices=[]):
                 for i in range(features.shape[0]):
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
-                    out.append(whisper.decode(self.model, features[i : i + 1], options)[0])
+                    out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
             return out
-        from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
+        return shrinking.decode(self.model, features, options, frames)
 
-        return shrinking.decode(self.model, features, options)
-
-    def _decode_with_fallback(self, features: Any, language: str | None, task: str) -> list[Any]:
+    def _decode_with_fallback(self, features: Any, language: str | None, task: str, frames: list[int]) -> list[Any]:
         """Greedy (or beam) first; only the items whose text looks wrong are decoded
-        again, at rising temperatures, as whisper.transcribe does."""
+        again, at rising temperatures, as whisper.transcribe does. ``frames``: each item's
+        own number of audio features (the rest is padding)."""
         results: list[Any] = [None] * features.shape[0]
         todo = list(range(features.shape[0]))
         for temperature in TEMPERATURES:
-            decoded = self._decode(features[todo], temperature, language, task)
+            decoded = self._decode(features[todo], temperature, language, task, [frames[i] for i in todo])
             retry = []
             for i, r in zip(todo, decoded):
                 results[i] = r
@@ -217,23 +247,32 @@ class OpenAIWhisperEngine:
                 break
         return results
 
-    def _encode(self, mel: Any) -> Any:
+    def _encode(self, mel: Any, frames: list[int] | None = None) -> Any:
         """Audio features for a batch of mels, computed once per batch: temperature
         fallbacks reuse them. On the CPU the encoder takes one window at a time (see
-        ``CPU_ENCODER_BATCH``); a GPU takes the whole batch."""
-        if self.info.device == "cpu" and mel.shape[0] > CPU_ENCODER_BATCH:
-            import torch
+        ``CPU_ENCODER_BATCH``); a GPU takes the whole batch. With ``frames`` (fit windows,
+        CPU only) each window is encoded from its first ``frames[i]`` mel frames, and the
+        features are padded with zeros to the longest."""
+        import torch
 
+        if frames is not None and min(frames) < mel.shape[-1]:
+            parts = [self._encode_batch(mel[i : i + 1, :, :n]) for i, n in enumerate(frames)]
+            width = max(p.shape[1] for p in parts)
+            return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
+        if self.info.device == "cpu" and mel.shape[0] > CPU_ENCODER_BATCH:
             return torch.cat([self._encode_batch(part) for part in mel.split(CPU_ENCODER_BATCH)])
         return self._encode_batch(mel)
 
     def _encode_batch(self, mel: Any) -> Any:
-        precision = self.info.precision
-        if precision == "bf16":
-            import torch
+        import torch
 
-            return self.model.embed_audio(mel.to(torch.bfloat16)).float()
-        return self.model.embed_audio(mel.half() if precision == "fp16" else mel)
+        precision = self.info.precision
+        x = mel.to(torch.bfloat16) if precision == "bf16" else mel.half() if precision == "fp16" else mel
+        if x.shape[-1] == self.model.dims.n_audio_ctx * 2:
+            x = self.model.embed_audio(x)
+        else:
+            x = _encode_short(self.model.encoder, x)
+        return x.float() if precision == "bf16" else x
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         """Each chunk is one 30 s window, batched. Where the model stops with speech left
@@ -273,22 +312,24 @@ class OpenAIWhisperEngine:
     def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str) -> list[Any]:
         import torch
 
+        frames = self._frames(windows, language)
         with torch.inference_mode():
             mel = self._mel(windows)
             try:
-                return self._run(mel, language, task)
+                return self._run(mel, frames, language, task)
             except (RuntimeError, NotImplementedError) as exc:
                 if self.info.device != "mps":
                     raise
                 self._fall_back_to_cpu(exc)
-                return self._run(mel.to("cpu"), language, task)
+                return self._run(mel.to("cpu"), frames, language, task)
 
-    def _run(self, mel: Any, language: str | None, task: str) -> list[Any]:
-        features = self._encode(mel)
+    def _run(self, mel: Any, frames: list[int], language: str | None, task: str) -> list[Any]:
+        features = self._encode(mel, frames)
+        feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
-            return self._decode_with_fallback(features, language, task)
+            return self._decode_with_fallback(features, language, task, feature_frames)
         with _torch_threads(self.decode_threads):
-            return self._decode_with_fallback(features, language, task)
+            return self._decode_with_fallback(features, language, task, feature_frames)
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
@@ -307,6 +348,18 @@ class OpenAIWhisperEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing a cache is best effort
             pass
+
+
+def _encode_short(encoder: Any, mel: Any) -> Any:
+    """whisper's ``AudioEncoder.forward`` for a window shorter than 30 s (which it refuses):
+    the positional embedding is cut to the window's length."""
+    import torch.nn.functional as F
+
+    x = F.gelu(encoder.conv2(F.gelu(encoder.conv1(mel)))).permute(0, 2, 1)
+    x = (x + encoder.positional_embedding[: x.shape[1]]).to(x.dtype)
+    for block in encoder.blocks:
+        x = block(x)
+    return encoder.ln_post(x)
 
 
 @contextmanager

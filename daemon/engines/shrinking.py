@@ -39,10 +39,12 @@ class CpuInference(Inference):
     """The text decoder's forward pass with caches of our own layout (see the module's text).
     For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, frames: list[int] | None = None) -> None:
         self.decoder = model.decoder
         self.linear = gemm.linear_of(model)  # the vocabulary projection, as the model's layers multiply
         self.n_head = model.dims.n_text_head
+        self.frames = frames  # per row, how many audio frames are its own; the rest is padding, never attended
+        self.mask: torch.Tensor | None = None  # (B, 1, 1, T): 0 for a row's frames, -inf for padding
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys (B,H,D,T), values (B,H,T,D)
         self.keys: list[torch.Tensor] = []  # per layer: self-attention keys so far, (B, tokens, state)
         self.values: list[torch.Tensor] = []
@@ -52,6 +54,7 @@ class CpuInference(Inference):
         first = not self.cross
         if first:
             self.cross = [self._lay_out(block.cross_attn, audio_features) for block in dec.blocks]
+            self.mask = _padding_mask(self.frames, audio_features.shape[1], audio_features.dtype)
             offset = 0
         else:
             offset = self.keys[0].shape[1]
@@ -88,7 +91,10 @@ class CpuInference(Inference):
     def _cross_attention(self, i: int, attn: Any, x: torch.Tensor) -> torch.Tensor:
         k, v = self.cross[i]
         q = self._heads(attn.query(x)) * (k.shape[-2] ** -0.5)
-        w = torch.matmul(q, k).softmax(dim=-1)
+        w = torch.matmul(q, k)
+        if self.mask is not None:
+            w = w + self.mask
+        w = w.softmax(dim=-1)
         return attn.out(torch.matmul(w, v).permute(0, 2, 1, 3).flatten(start_dim=2))
 
     def keep_rows(self, order: list[int]) -> None:
@@ -104,9 +110,21 @@ class CpuInference(Inference):
         self.cross = [(k[:n], v[:n]) for k, v in self.cross]
         self.keys = [k[order] for k in self.keys]
         self.values = [v[order] for v in self.values]
+        if self.mask is not None:
+            self.mask = self.mask[order]
 
     def cleanup_caching(self) -> None:
         self.cross, self.keys, self.values = [], [], []
+        self.mask = None
+
+
+def _padding_mask(frames: list[int] | None, width: int, dtype: torch.dtype) -> torch.Tensor | None:
+    if frames is None or all(n >= width for n in frames):
+        return None
+    mask = torch.zeros(len(frames), 1, 1, width, dtype=dtype)
+    for row, n in enumerate(frames):
+        mask[row, ..., n:] = float("-inf")
+    return mask
 
 
 def compact(ended: list[bool]) -> list[int]:
@@ -119,10 +137,22 @@ def compact(ended: list[bool]) -> list[int]:
 
 
 class ShrinkingDecodingTask(DecodingTask):
-    def __init__(self, model: Any, options: DecodingOptions) -> None:
+    """``frames``: for audio features shorter than a 30 s window (see ``openai_whisper``'s fit
+    windows), each row's own length; the rows are padded to the longest, and the padding is
+    masked out of cross-attention. Only the CPU step masks, so only it takes padded rows."""
+
+    def __init__(self, model: Any, options: DecodingOptions, frames: list[int] | None = None) -> None:
         super().__init__(model, options)
         if next(model.parameters()).device.type == "cpu" and self.n_group == 1:
-            self.inference = CpuInference(model)
+            self.inference = CpuInference(model, frames)
+        elif frames is not None and len(set(frames)) > 1:
+            raise ValueError("rows of different lengths need the CPU greedy step, which masks their padding")
+
+    def _get_audio_features(self, mel: torch.Tensor) -> torch.Tensor:
+        dims = self.model.dims
+        if mel.shape[-1] == dims.n_audio_state and mel.shape[-2] < dims.n_audio_ctx:
+            return mel.half() if self.options.fp16 else mel  # encoded from a window shorter than 30 s
+        return super()._get_audio_features(mel)
 
     def _main_loop(self, audio_features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         if self.n_group != 1:
@@ -182,6 +212,7 @@ class ShrinkingDecodingTask(DecodingTask):
 
 
 @torch.no_grad()
-def decode(model: Any, features: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
-    """``whisper.decode`` for a batch of audio features, finished items leaving the batch."""
-    return ShrinkingDecodingTask(model, options).run(features)
+def decode(model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None) -> list[DecodingResult]:
+    """``whisper.decode`` for a batch of audio features, finished items leaving the batch.
+    ``frames``: each row's own number of audio frames, when rows are padded (CPU only)."""
+    return ShrinkingDecodingTask(model, options, frames).run(features)

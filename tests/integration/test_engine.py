@@ -89,6 +89,45 @@ def test_onednn_products_give_the_same_transcript(checkpoint, talk, tmp_path):
     assert texts[gemm.TORCH] == texts[gemm.ONEDNN]
 
 
+def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, talk):
+    from whisper.audio import N_FRAMES
+
+    chunks, reference = talk
+    fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
+    frames = fit._frames([c.audio for c in chunks], "en")
+    assert all(n % 2 == 0 and n <= N_FRAMES for n in frames)
+    assert min(frames) < N_FRAMES  # the short chunks of this talk get shorter windows
+    assert fit._frames([c.audio for c in chunks], None) == [N_FRAMES] * len(chunks)  # language detection: full
+    results = fit.transcribe(chunks, language="en", task="transcribe")
+    _check_times(chunks, results)
+    assert speech.wer(reference, _text(results)) < 0.15
+
+
+def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
+    """Windows of different lengths decoded in one padded batch give each the tokens it gets
+    alone, unpadded: the padding changes nothing."""
+    import torch
+
+    from daemon.engines import shrinking
+
+    chunks, _ = talk
+    fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
+    windows = [chunks[0].audio, speech.read(NAMES[1])[: 3 * SAMPLE_RATE], chunks[1].audio[: 8 * SAMPLE_RATE]]
+    frames = fit._frames(windows, "en")
+    assert len(set(frames)) == len(frames)  # three lengths
+    options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
+    with torch.inference_mode():
+        features = fit._encode(fit._mel(windows), frames)
+        own = [n // 2 for n in frames]
+        assert features.shape[1] == max(own)
+        together = shrinking.decode(fit.model, features, options, own)
+        alone = [shrinking.decode(fit.model, features[i : i + 1, :n], options)[0] for i, n in enumerate(own)]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    for a, b in zip(together, alone):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
+
+
 def test_small_batches_give_every_chunk_its_result(checkpoint, talk):
     chunks, reference = talk
     small = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2)

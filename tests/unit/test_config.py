@@ -27,6 +27,7 @@ def test_minimal_config_resolves_paths_relative_to_the_file(tmp_path):
     assert cfg.database == f"sqlite:///{tmp_path}/state/queue.db"
     assert cfg.state_dir == tmp_path / "state"
     assert cfg.model.name == "tiny.en" and cfg.model.device == "auto"
+    assert cfg.model.fit_windows is True
 
 
 def test_example_config_loads():
@@ -55,6 +56,7 @@ def test_tilde_expands(tmp_path, monkeypatch):
         ("model: {batch_size: 0}\nfolders: [{inbox: in}]", "model.batch_size", "at least 1"),
         ("schedule: {windows: ['10pm-7am']}\nfolders: [{inbox: in}]", "schedule.windows", "HH:MM-HH:MM"),
         ("folders: [{inbox: in}]\nnotify: yes please", "notify", "true or false"),
+        ("model: {fit_windows: sometimes}\nfolders: [{inbox: in}]", "model.fit_windows", "true or false"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, fragment):
