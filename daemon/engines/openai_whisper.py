@@ -13,6 +13,7 @@ import numpy as np
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.loader import SHORT_SPIN, cpu_has_bf16, pick_device, pick_precision
+from daemon.engines.threads import FreeCores
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ class OpenAIWhisperEngine:
         # loader could set that up) one thread, which stays fast when other programs share the
         # cores, where two threads slow down tenfold.
         self.decode_threads = torch.get_num_threads() if SHORT_SPIN else 1
+        self.threads = torch.get_num_threads()
+        # threads: 0 lets the number follow the load, as long as idle threads give their cores up
+        self.free_cores = FreeCores(self.threads) if threads <= 0 and SHORT_SPIN else None
+        self._last_threads = self.threads
         self.beam_size = beam_size if beam_size and beam_size > 1 else None
         device = pick_device(device)
         precision = pick_precision(device, precision)
@@ -328,11 +333,18 @@ class OpenAIWhisperEngine:
                 return self._run(mel.to("cpu"), frames, language, task)
 
     def _run(self, mel: Any, frames: list[int], language: str | None, task: str) -> list[Any]:
-        features = self._encode(mel, frames)
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
-            return self._decode_with_fallback(features, language, task, feature_frames)
-        with _torch_threads(self.decode_threads):
+            return self._decode_with_fallback(self._encode(mel, frames), language, task, feature_frames)
+        # as many threads as other programs leave cores free (model.threads: 0), else as configured
+        n = self.free_cores() if self.free_cores is not None else self.threads
+        if n != self._last_threads:
+            log.info("using %d of %d cores: other programs keep the rest busy" if n < self.threads else
+                     "using all %d of %d cores", n, self.threads, extra={"action": "transcribe"})
+            self._last_threads = n
+        with _torch_threads(n):
+            features = self._encode(mel, frames)
+        with _torch_threads(min(n, self.decode_threads)):
             return self._decode_with_fallback(features, language, task, feature_frames)
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
