@@ -284,7 +284,7 @@ class OpenAIWhisperEngine:
         return x.float() if precision == "bf16" else x
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
-        """Each chunk is one 30 s window, batched. Where the model stops with speech left
+        """Each chunk is one window (30 s, or fitted to a short chunk), batched. Where the model stops with speech left
         (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
         decoded again, batched with the other chunks' rests."""
         if not chunks:
