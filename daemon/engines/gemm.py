@@ -90,7 +90,7 @@ def measure(shapes: list[tuple[int, int, int]]) -> dict[str, float]:
                 for x, w in operands:
                     product(x, w)  # warm up: first calls set up kernels
             except RuntimeError as exc:
-                log.info("oneDNN products are not usable here (%s)", exc, extra={"action": "model_load"})
+                log.info("%s products are not usable here (%s)", name, exc, extra={"action": "model_load"})
                 continue
             best = float("inf")
             for _ in range(TRIES):
