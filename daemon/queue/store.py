@@ -258,20 +258,23 @@ class Queue:
                 return None
         return _job(new)
 
-    def claim(self, owner: str, *, now: float, lease_seconds: float, folders: Sequence[int] | None = None) -> Job | None:
-        """Atomically take the oldest claimable job, or None."""
+    def claim(
+        self, owner: str, *, now: float, lease_seconds: float, folders: Sequence[int] | None = None,
+        copies_wait: Sequence[int] | None = None,
+    ) -> Job | None:
+        """Atomically take the oldest claimable job, or None. A copy of a recording that is
+        being transcribed waits for it, so that it finds the result (duplicates: skip):
+        in the folders ``copies_wait`` lists, or in all when it is None."""
         busy = jobs.alias("busy")
         same_content_running = (
             select(busy.c.id)
             .where(busy.c.state == State.RUNNING.value, busy.c.content_hash == jobs.c.content_hash)
             .exists()
         )
-        # Copies of one recording go one at a time, so the second finds the first's result (duplicates).
-        pick = select(jobs.c.id).where(
-            jobs.c.state == State.QUEUED.value,
-            jobs.c.not_before <= now,
-            jobs.c.content_hash.is_(None) | ~same_content_running,
-        )
+        free = jobs.c.content_hash.is_(None) | ~same_content_running
+        if copies_wait is not None:
+            free = free | jobs.c.folder.not_in(list(copies_wait))
+        pick = select(jobs.c.id).where(jobs.c.state == State.QUEUED.value, jobs.c.not_before <= now, free)
         if folders is not None:
             pick = pick.where(jobs.c.folder.in_(list(folders)))
         pick = pick.order_by(jobs.c.created_at, jobs.c.id).limit(1)

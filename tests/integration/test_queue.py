@@ -135,3 +135,15 @@ def test_copies_of_one_recording_are_claimed_one_at_a_time(queue):
     assert queue.claim("w", now=10, lease_seconds=60) is None
     queue.finish(first.id, "w", State.DONE, now=11)
     assert queue.claim("w", now=12, lease_seconds=60).rel == "b.wav"
+
+
+def test_copies_wait_only_in_folders_that_skip_them(queue):
+    """A folder that transcribes copies again has no reason to hold them back."""
+    queue.enqueue(folder=0, path="/in/a.wav", rel="a.wav", size=1, mtime=1, content_hash="same", now=1)
+    queue.enqueue(folder=1, path="/other/b.wav", rel="b.wav", size=1, mtime=1, content_hash="same", now=2)
+    queue.enqueue(folder=0, path="/in/c.wav", rel="c.wav", size=1, mtime=1, content_hash="same", now=3)
+    first = queue.claim("w", now=10, lease_seconds=60, copies_wait=[0])
+    assert first.rel == "a.wav"
+    assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[0]).rel == "b.wav"  # folder 1 transcribes copies
+    assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[0]) is None  # c, in folder 0, waits for a
+    assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[]).rel == "c.wav"
