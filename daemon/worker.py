@@ -24,7 +24,7 @@ from daemon.queue import Queue
 
 log = logging.getLogger("whisperd.worker")
 
-MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files
+MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files (or batch_size, if more)
 
 
 class Worker:
@@ -54,6 +54,8 @@ class Worker:
         self.engine: Engine | None = None
         self.vad: audio.Vad | None = None
         self.runs: list[JobRun] = []
+        # the folders where a copy of a recording waits for the first to finish, to be skipped
+        self._copies_wait = [i for i, f in enumerate(config.folders) if f.duplicates == "skip"]
 
     @property
     def busy(self) -> bool:
@@ -103,7 +105,10 @@ class Worker:
         """(whether a job was claimed, its run if it goes on to transcription)."""
         if not perm.claim or self.stop.is_set():
             return False, None
-        job = self.queue.claim(self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=perm.folders)
+        job = self.queue.claim(
+            self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=perm.folders,
+            copies_wait=self._copies_wait,
+        )
         if job is None:
             return False, None
         return True, self._open(job)
@@ -148,7 +153,7 @@ class Worker:
         runs = list(self.runs)
         while count < size:
             if not runs:
-                if len(self.runs) >= MAX_RUNS or self.stop.is_set():
+                if len(self.runs) >= max(MAX_RUNS, size) or self.stop.is_set():
                     break
                 claimed, new = self._claim(perm)
                 if new is None:
