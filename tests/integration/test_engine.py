@@ -105,27 +105,58 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
 
 def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
     """Windows of different lengths decoded in one padded batch give each the tokens it gets
-    alone, unpadded: the padding changes nothing."""
+    alone, unpadded: the padding changes nothing. The batch is given out of length order and
+    splits into groups of like lengths, whose rows end at different steps and leave."""
     import torch
 
     from daemon.engines import shrinking
 
     chunks, _ = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    windows = [chunks[0].audio, speech.read(NAMES[1])[: 3 * SAMPLE_RATE], chunks[1].audio[: 8 * SAMPLE_RATE]]
+    windows = [
+        chunks[0].audio,
+        speech.read(NAMES[1])[: 3 * SAMPLE_RATE],
+        chunks[1].audio[: 8 * SAMPLE_RATE],
+        speech.read(NAMES[3])[: 2 * SAMPLE_RATE],
+        chunks[1].audio,
+        speech.read(NAMES[2])[: 4 * SAMPLE_RATE],
+    ]
     frames = fit._frames(windows, "en")
-    assert len(set(frames)) == len(frames)  # three lengths
+    own = [n // 2 for n in frames]
+    assert own != sorted(own)
+    assert len(shrinking.length_groups(sorted(own))) >= 2  # the short rows do not read the long ones' padding
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
         features = fit._encode(fit._mel(windows), frames)
-        own = [n // 2 for n in frames]
         assert features.shape[1] == max(own)
         together = shrinking.decode(fit.model, features, options, own)
         alone = [shrinking.decode(fit.model, features[i : i + 1, :n], options)[0] for i, n in enumerate(own)]
+    assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
     assert [r.tokens for r in together] == [r.tokens for r in alone]
     for a, b in zip(together, alone):
         assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
+
+
+def test_rows_are_grouped_by_length_where_that_saves_reading():
+    from daemon.engines.shrinking import GROUP_COST, length_groups
+
+    assert length_groups([750] * 8) == [8]
+    assert length_groups([250] * 6 + [750] * 2) == [6, 2]
+    assert length_groups([250, 250 + GROUP_COST // 4]) == [2]  # a group costs more than it saves
+    assert length_groups([250, 260, 1500]) == [2, 1]
+    assert length_groups([]) == []
+
+
+def test_rows_leave_within_their_group():
+    """Ended rows are filled from the end of their own group, so every group stays together."""
+    from daemon.engines.shrinking import CpuInference
+
+    step = CpuInference.__new__(CpuInference)
+    step.groups = [3, 2, 3]
+    F, T = False, True
+    assert step.compact([F, T, F, T, T, T, F, F]) == [0, 2, 7, 6]
+    assert step.compact([F] * 8) == list(range(8))
 
 
 def test_small_batches_give_every_chunk_its_result(checkpoint, talk):
