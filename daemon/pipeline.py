@@ -78,13 +78,20 @@ class JobRun:
     def batch_key(self) -> tuple[str | None, str]:
         return (self.language, self.folder.task)
 
-    def take(self, n: int) -> list[audio.Chunk]:
-        out: list[audio.Chunk] = []
-        while len(out) < n and not self.exhausted:
+    def peek(self) -> audio.Chunk | None:
+        """The next chunk, left to be taken; None at the end of the file."""
+        if self._peeked is None and not self.exhausted:
             try:
-                out.append(next(self._chunks))
+                self._peeked = next(self._chunks)
             except StopIteration:
                 self.exhausted = True
+        return self._peeked
+
+    def take(self, n: int) -> list[audio.Chunk]:
+        out: list[audio.Chunk] = []
+        while len(out) < n and (chunk := self.peek()) is not None:
+            out.append(chunk)
+            self._peeked = None
         self.in_flight += len(out)
         return out
 

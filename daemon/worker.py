@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from typing import Callable
@@ -24,7 +25,7 @@ from daemon.queue import Queue
 
 log = logging.getLogger("whisperd.worker")
 
-MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files (or batch_size, if more)
+MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files, at least
 
 
 class Worker:
@@ -145,15 +146,18 @@ class Worker:
         return run
 
     def _fill(self, perm: Permission) -> list[tuple[JobRun, list[audio.Chunk]]]:
-        """Take up to batch_size chunks, from the open runs first, then from newly claimed jobs."""
+        """Take chunks worth up to batch_size full windows, from the open runs first, then
+        from newly claimed jobs. A short chunk may count for less than a window
+        (``Engine.share``), so a batch holds more voice memos than long-file chunks."""
         size = self.config.model.batch_size
         batch: list[tuple[JobRun, list[audio.Chunk]]] = []
         key = None
-        count = 0
+        used = 0.0
+        full = False
         runs = list(self.runs)
-        while count < size:
+        while not full:
             if not runs:
-                if len(self.runs) >= max(MAX_RUNS, size) or self.stop.is_set():
+                if len(self.runs) >= self._open_limit(size, key) or self.stop.is_set():
                     break
                 claimed, new = self._claim(perm)
                 if new is None:
@@ -164,20 +168,38 @@ class Worker:
             run = runs.pop(0)
             if key is not None and run.batch_key != key:
                 continue
+            chunks: list[audio.Chunk] = []
             try:
-                chunks = run.take(size - count)
+                while (chunk := run.peek()) is not None:
+                    share = self._engine().share(len(chunk.audio) / audio.SAMPLE_RATE, run.language)
+                    if used + share > size + 1e-9:
+                        full = True  # the chunk waits for the next batch
+                        break
+                    chunks += run.take(1)
+                    used += share
             except Exception as exc:
                 self._drop(run, exc)
                 continue
             if chunks:
                 key = run.batch_key
                 batch.append((run, chunks))
-                count += len(chunks)
         return batch
+
+    def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
+        """How many jobs may be open at once: a batch's worth of the shortest chunks (the
+        model is not loaded for this: before it is, no job is open)."""
+        if self.engine is None:
+            return MAX_RUNS
+        shortest = self.engine.share(0.0, None if key is None else key[0])
+        return max(MAX_RUNS, math.ceil(size / shortest))
 
     def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]]) -> None:
         chunks: list[audio.Chunk] = [c for _, cs in batch for c in cs]
         language, task = batch[0][0].batch_key
+        log.info(
+            "batch of %d chunks from %d files (%.0f s of audio)", len(chunks), len(batch),
+            sum(c.end - c.start for c in chunks), extra={"action": "batch"},
+        )
         try:
             results = self._engine().transcribe(chunks, language=language, task=task)
         except Exception as exc:

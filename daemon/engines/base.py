@@ -39,6 +39,11 @@ class Engine(Protocol):
         """
         ...
 
+    def share(self, seconds: float, language: str | None) -> float:
+        """What a chunk of ``seconds`` counts for against ``batch_size``: 1 for a full 30 s
+        window, less where the engine fits shorter windows to short chunks."""
+        ...
+
     def close(self) -> None:
         """Release the model's memory."""
         ...

@@ -106,6 +106,9 @@ class FasterWhisperEngine:
             results.append(ChunkResult(chunk.index, chunk.start, chunk.end, tuple(segments), info.language))
         return results
 
+    def share(self, seconds: float, language: str | None) -> float:
+        return 1.0  # every chunk is a full window here
+
     def close(self) -> None:
         model: Any = getattr(self, "model", None)
         if model is not None:

@@ -196,15 +196,40 @@ class OpenAIWhisperEngine:
         """Mel frames of each window to encode: all 3,000 (30 s), or with fit windows the
         audio's length plus a margin, in steps of FIT_STEP_FRAMES (even: the encoder halves it). Not when the
         language is to be detected: whisper detects it on unmasked features."""
+        return [self._window_frames(len(audio) / SAMPLE_RATE, language) for audio in windows]
+
+    def _window_frames(self, seconds: float, language: str | None) -> int:
         from whisper.audio import HOP_LENGTH, N_FRAMES
 
         if not self.fit_windows or language is None:
-            return [N_FRAMES] * len(windows)
-        out = []
-        for audio in windows:
-            seconds = max(FIT_MIN_SECONDS, len(audio) / SAMPLE_RATE + FIT_MARGIN_SECONDS)
-            out.append(min(N_FRAMES, FIT_STEP_FRAMES * int(np.ceil(seconds * SAMPLE_RATE / HOP_LENGTH / FIT_STEP_FRAMES))))
-        return out
+            return N_FRAMES
+        seconds = max(FIT_MIN_SECONDS, seconds + FIT_MARGIN_SECONDS)
+        return min(N_FRAMES, FIT_STEP_FRAMES * int(np.ceil(seconds * SAMPLE_RATE / HOP_LENGTH / FIT_STEP_FRAMES)))
+
+    def share(self, seconds: float, language: str | None) -> float:
+        """A chunk's share of a batch: its window's length over 30 s. A batch holds windows
+        worth ``batch_size`` full ones, so with fit windows it holds up to three times as many
+        voice memos in the same memory: what a token step reads grows with the frames, and the
+        vocabulary projection, the same for the whole batch, is shared by more rows."""
+        from whisper.audio import N_FRAMES
+
+        if not self.model.is_multilingual:
+            language = "en"
+        return self._window_frames(seconds, language) / N_FRAMES
+
+    def _batches(self, windows: list[tuple[int, int]], chunks: Sequence[Chunk], language: str | None) -> Iterator[list[tuple[int, int]]]:
+        """``windows`` (chunk, samples into it) in batches of at most ``batch_size`` full windows' worth."""
+        batch: list[tuple[int, int]] = []
+        used = 0.0
+        for slot, offset in windows:
+            share = self.share((len(chunks[slot].audio) - offset) / SAMPLE_RATE, language)
+            if batch and used + share > self.batch_size + 1e-9:
+                yield batch
+                batch, used = [], 0.0
+            batch.append((slot, offset))
+            used += share
+        if batch:
+            yield batch
 
     def _decode(
         self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None
@@ -297,8 +322,7 @@ class OpenAIWhisperEngine:
         for turn in range(MAX_WINDOWS_PER_CHUNK):
             final = turn == MAX_WINDOWS_PER_CHUNK - 1
             rest: list[tuple[int, int]] = []
-            for i in range(0, len(windows), self.batch_size):
-                batch = windows[i : i + self.batch_size]
+            for batch in self._batches(windows, chunks, language):
                 results = self._decode_audio([chunks[slot].audio[offset:] for slot, offset in batch], language, task)
                 for (slot, offset), r in zip(batch, results):
                     chunk = chunks[slot]

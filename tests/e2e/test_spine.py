@@ -79,6 +79,24 @@ def test_dropped_files_become_transcripts_subtitles_and_archived_originals(tree,
     assert all(j["progress"] == 1.0 for j in status["jobs"] if j["state"] == "done")
 
 
+def test_voice_memos_share_a_batch_by_the_windows_they_fill(tree):
+    """batch_size counts 30 s windows; a memo of a few seconds fills a third of one, so five
+    memos go through the model as one batch even at batch_size 2, each still transcribed."""
+    tree.config.write_text(tree.config.read_text().replace("batch_size: 8", "batch_size: 2"))
+    clips = ["ls_1988-24833-0000.flac", "ls_1988-24833-0002.flac", "ls_2412-153948-0002.flac",
+             "ls_3752-4944-0000.flac", "ls_3752-4944-0002.flac"]
+    for k, clip in enumerate(clips):
+        shutil.copy(speech.DATA / clip, tree.inbox / f"memo{k}.flac")
+
+    assert tree.run("run", "--drain").returncode == 0
+    log = (tree.root / "home" / ".local" / "state" / "whisperd" / "whisperd.log").read_text()
+    batches = [(int(m[0]), int(m[1])) for m in re.findall(r"action=batch .*batch of (\d+) chunks from (\d+) files", log)]
+    assert batches == [(5, 5)], log
+    for k, clip in enumerate(clips):
+        assert speech.wer(speech.manifest()[clip], (tree.outbox / f"memo{k}.txt").read_text()) < 0.35
+    assert tree.files(tree.archive) == [f"memo{k}.flac" for k in range(5)]
+
+
 def test_nothing_is_overwritten(tree):
     clip = "ls_2412-153948-0002.flac"
     shutil.copy(speech.DATA / clip, tree.inbox / "talk.flac")

@@ -138,6 +138,21 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
 
 
+def test_a_batch_holds_windows_worth_batch_size_full_ones(checkpoint):
+    """With fit windows a short chunk counts for its window's share of 30 s; without, for one."""
+    fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2, fit_windows=True)
+    full = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2)
+    assert fit.share(3.0, "en") == pytest.approx(1 / 3)  # the 10 s floor
+    assert fit.share(20.0, "en") == pytest.approx(24 / 30)  # 23 s, in 2 s steps
+    assert fit.share(29.0, "en") == full.share(3.0, "en") == 1.0
+    chunks = [Chunk(i, 0.0, 4.0, np.zeros(4 * SAMPLE_RATE, np.float32), "k") for i in range(7)]
+    windows = [(slot, 0) for slot in range(7)]
+    assert [len(b) for b in fit._batches(windows, chunks, "en")] == [6, 1]
+    assert [len(b) for b in full._batches(windows, chunks, "en")] == [2, 2, 2, 1]
+    rests = [(0, 2 * SAMPLE_RATE), (1, 0)]  # a window's share is that of the audio left from its offset
+    assert [len(b) for b in fit._batches(rests, chunks, "en")] == [2]
+
+
 def test_rows_are_grouped_by_length_where_that_saves_reading():
     from daemon.engines.shrinking import GROUP_COST, length_groups
 
