@@ -85,8 +85,20 @@ class CpuInference(Inference):
         return t.view(*t.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)  # (B, H, tokens, D)
 
     def _lay_out(self, attn: Any, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self._heads(attn.key(audio_features)).transpose(-1, -2).contiguous()
-        v = self._heads(attn.value(audio_features)).contiguous()
+        """Keys (B, H, D, T) and values (B, H, T, D). Projected a row at a time when there
+        are several: a product's shape is then one of the few window lengths, not rows ×
+        length, and every new shape keeps memory of its own (kernels, freed blocks)."""
+        n, t = audio_features.shape[:2]
+        if n == 1:
+            return self._heads(attn.key(audio_features)).transpose(-1, -2).contiguous(), self._heads(attn.value(audio_features)).contiguous()
+        state = audio_features.shape[-1]
+        h = self.n_head
+        k = audio_features.new_empty(n, h, state // h, t)
+        v = audio_features.new_empty(n, h, t, state // h)
+        for r in range(n):
+            row = audio_features[r : r + 1]
+            k[r] = self._heads(attn.key(row))[0].transpose(-1, -2)
+            v[r] = self._heads(attn.value(row))[0]
         return k, v
 
     def _self_attention(self, i: int, attn: Any, x: torch.Tensor, first: bool) -> torch.Tensor:
