@@ -29,6 +29,7 @@ whisper's loop.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -85,13 +86,10 @@ class CpuInference(Inference):
         return t.view(*t.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)  # (B, H, tokens, D)
 
     def _lay_out(self, attn: Any, audio_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (B, H, D, T) and values (B, H, T, D). Projected a row at a time when there
-        are several: a product's shape is then one of the few window lengths, not rows ×
-        length, and every new shape keeps memory of its own (kernels, freed blocks)."""
-        n, t = audio_features.shape[:2]
-        if n == 1:
-            return self._heads(attn.key(audio_features)).transpose(-1, -2).contiguous(), self._heads(attn.value(audio_features)).contiguous()
-        state = audio_features.shape[-1]
+        """Keys (B, H, D, T) and values (B, H, T, D), projected a row at a time: a product's
+        shape is then one of the few window lengths, not rows × length, and every new shape
+        keeps memory of its own (kernels, freed blocks)."""
+        n, t, state = audio_features.shape
         h = self.n_head
         k = audio_features.new_empty(n, h, state // h, t)
         v = audio_features.new_empty(n, h, t, state // h)
@@ -175,11 +173,7 @@ def _padding_mask(frames: list[int] | None, width: int, dtype: torch.dtype) -> t
 
 
 def _starts(groups: list[int]) -> list[int]:
-    out, a = [], 0
-    for n in groups:
-        out.append(a)
-        a += n
-    return out
+    return list(accumulate(groups[:-1], initial=0)) if groups else []
 
 
 # A group of rows costs about as much per token as this many rows × audio frames of keys
