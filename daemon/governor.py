@@ -234,7 +234,8 @@ class Governor:
 
     Thread-safe: the service loop calls ``decide`` and workers call
     ``should_pause`` between chunks. The thermal probe is read at most once
-    per ``thermal_ttl_seconds`` (``pmset`` is a subprocess). ``clock`` measures
+    per ``thermal_ttl_seconds``: by default the probe's own ``fresh_seconds``
+    (a file or sensor at every chunk boundary, ``pmset``, a subprocess, every 5 s). ``clock`` measures
     the cooldown (monotonic by default); ``now`` gives local wall-clock time for
     windows and messages.
     """
@@ -250,7 +251,7 @@ class Governor:
         on_ac_power: Callable[[], bool | None] = lambda: None,
         idle_seconds: Callable[[], float | None] = lambda: None,
         estimate: MemoryEstimate | None = None,
-        thermal_ttl_seconds: float = 5.0,
+        thermal_ttl_seconds: float | None = None,
     ) -> None:
         self.config = config
         self.thermal_probe = thermal_probe
@@ -261,7 +262,9 @@ class Governor:
         self.idle_seconds = idle_seconds
         m = config.model
         self.estimate = estimate or estimate_memory(m.name, m.precision, m.batch_size)
-        self.thermal_ttl_seconds = thermal_ttl_seconds
+        self.thermal_ttl_seconds = (
+            float(getattr(thermal_probe, "fresh_seconds", 5.0)) if thermal_ttl_seconds is None else thermal_ttl_seconds
+        )
         self._lock = threading.Lock()
         self._reading: ThermalReading | None = None
         self._read_at = -math.inf

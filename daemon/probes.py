@@ -72,6 +72,11 @@ class ThermalReading:
 
 
 class ThermalProbe(Protocol):
+    """``fresh_seconds``: how long a reading may be reused. Cheap probes say 0 and
+    are read at every chunk boundary; one that runs a program says a few seconds."""
+
+    fresh_seconds: float
+
     def read(self) -> ThermalReading: ...
 
 
@@ -92,6 +97,8 @@ def available_memory_bytes() -> int:
 
 class FixedProbe:
     """Reports whatever level it was given; ``set()`` changes it. For tests and ``source: none``."""
+
+    fresh_seconds = 0.0
 
     def __init__(self, level: ThermalLevel | str = ThermalLevel.NOMINAL, detail: str | None = None, source: str = "fixed") -> None:
         self.source = source
@@ -114,8 +121,11 @@ class FileProbe:
     configured this probe on purpose, so when it stops answering whisperd
     stops starting work and pauses at the next chunk rather than guess that
     the machine is cool. Work resumes as soon as the file holds a level again
-    (after the usual cooldown).
+    (after the usual cooldown). A file is cheap to read, so it is read at
+    every chunk boundary: whisperd pauses at the first one after it changes.
     """
+
+    fresh_seconds = 0.0
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -153,6 +163,8 @@ class SysfsProbe:
     Zones that cannot be read, or report zero or less (disabled sensors often
     do), are skipped. No usable zone reads as nominal.
     """
+
+    fresh_seconds = 0.0
 
     def __init__(self, fair: float, serious: float, critical: float, root: str | Path = SYSFS_THERMAL) -> None:
         self.fair, self.serious, self.critical = fair, serious, critical
@@ -195,6 +207,8 @@ _FOUNDATION_LEVELS = (ThermalLevel.NOMINAL, ThermalLevel.FAIR, ThermalLevel.SERI
 
 class FoundationProbe:
     """``NSProcessInfo.processInfo().thermalState()`` (0..3) through pyobjc."""
+
+    fresh_seconds = 0.0
 
     def __init__(self, process_info: Any) -> None:
         self.process_info = process_info
@@ -269,7 +283,10 @@ def run_pmset_therm(run: Runner = subprocess.run, timeout: float = 10.0) -> str:
 
 
 class PmsetProbe:
-    """Runs ``pmset -g therm`` (never through a shell) and parses it."""
+    """Runs ``pmset -g therm`` (never through a shell) and parses it. A program
+    start per reading, so a reading is reused for a few seconds."""
+
+    fresh_seconds = 5.0
 
     def __init__(self, run: Runner = subprocess.run, timeout: float = 10.0) -> None:
         self.run = run

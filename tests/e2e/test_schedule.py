@@ -104,7 +104,9 @@ def test_a_long_file_pauses_at_a_chunk_boundary_when_hot_and_resumes_without_dup
     speech.write(tree.inbox / "lecture.flac", samples)
     proc = tree.popen("run")
     try:
-        wait_for(lambda: (job(tree, "lecture.flac") or {}).get("progress", 0) > 0, timeout=120, proc=proc, what="progress")
+        # Once the job is claimed its first batch runs; the file probe is read again at the
+        # boundary after it, so the pause comes after some progress and before the end.
+        wait_for(lambda: (job(tree, "lecture.flac") or {}).get("state") == "running", timeout=120, proc=proc, what="the job to start")
         probe.write_text("serious\n")
         paused = wait_for(
             lambda: (j := job(tree, "lecture.flac")) and j["state"] == "queued" and j,

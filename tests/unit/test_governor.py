@@ -1,4 +1,5 @@
 import dataclasses
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from daemon.governor import (
     estimate_job_bytes,
     estimate_memory,
 )
-from daemon.probes import FileProbe, FixedProbe, ThermalLevel
+from daemon.probes import FileProbe, FixedProbe, PmsetProbe, ThermalLevel
 
 N, F, S, C = ThermalLevel.NOMINAL, ThermalLevel.FAIR, ThermalLevel.SERIOUS, ThermalLevel.CRITICAL
 MON_NOON = datetime(2024, 1, 1, 12, 0)  # a Monday
@@ -225,6 +226,32 @@ def test_governor_reads_the_thermal_probe_at_most_once_per_ttl():
     clock.advance(5)
     gov.decide(0)
     assert CountingProbe.reads == 2
+
+
+def test_governor_rereads_cheap_probes_at_every_boundary_and_pmset_every_few_seconds(tmp_path):
+    state = tmp_path / "state"
+    state.write_text("nominal")
+    clock = FakeClock()
+    gov = Governor(make_config(), thermal_probe=FileProbe(state), memory_probe=lambda: 8 * GIB,
+                   clock=lambda: clock.t, now=lambda: clock.wall)
+    assert gov.should_pause() == (False, None)
+    state.write_text("serious")
+    assert gov.should_pause()[0]  # no time passed: the file is read again
+
+    runs = []
+
+    def pmset(argv, **kw):
+        runs.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "Note: No thermal warning level has been recorded\n", "")
+
+    gov = Governor(make_config(), thermal_probe=PmsetProbe(pmset), memory_probe=lambda: 8 * GIB,
+                   clock=lambda: clock.t, now=lambda: clock.wall)
+    gov.should_pause()
+    gov.decide(0)
+    assert len(runs) == 1
+    clock.advance(5)
+    gov.should_pause()
+    assert len(runs) == 2
 
 
 def test_governor_with_a_file_probe(tmp_path):
