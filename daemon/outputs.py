@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from whisper.utils import WriteJSON, WriteSRT, WriteTXT, WriteVTT
-
 from daemon import files
 from daemon.jobs import Segment
 
-WRITERS = {"txt": WriteTXT, "srt": WriteSRT, "vtt": WriteVTT, "json": WriteJSON}
+
+def _writers() -> dict[str, Any]:
+    """whisper.utils imports torch, so it is imported on first use: a worker reads and cuts
+    its first files while another thread loads torch and the model."""
+    from whisper.utils import WriteJSON, WriteSRT, WriteTXT, WriteVTT
+
+    return {"txt": WriteTXT, "srt": WriteSRT, "vtt": WriteVTT, "json": WriteJSON}
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def to_result(t: Transcript) -> dict[str, Any]:
 
 def render(t: Transcript, fmt: str) -> bytes:
     buf = io.StringIO()
-    WRITERS[fmt](output_dir=".").write_result(to_result(t), file=buf)
+    _writers()[fmt](output_dir=".").write_result(to_result(t), file=buf)
     return buf.getvalue().encode("utf-8")
 
 

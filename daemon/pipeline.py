@@ -68,6 +68,7 @@ class JobRun:
         self._peeked: audio.Chunk | None = None
         self.exhausted = False
         self.in_flight = 0
+        self.annotated = False  # the queue knows its length and model
 
     @property
     def language(self) -> str | None:

@@ -8,7 +8,6 @@ jobs back to the queue with their progress kept.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
@@ -26,6 +25,7 @@ from daemon.queue import Queue
 log = logging.getLogger("whisperd.worker")
 
 MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files, at least
+MAX_OPEN = 64  # and at most, while the model loads
 
 
 class Worker:
@@ -53,6 +53,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.clock = clock
         self.engine: Engine | None = None
+        self._loading: _Loading | None = None
         self.vad: audio.Vad | None = None
         self.runs: list[JobRun] = []
         # the folders where a copy of a recording waits for the first to finish, to be skipped
@@ -66,27 +67,51 @@ class Worker:
         return [r.job.id for r in list(self.runs)]
 
     def shutdown(self, reason: str) -> None:
-        """Hand every open job back with its place saved, and free the model."""
+        """Hand every open job back with its place saved. The model stays loaded: the
+        worker's process ends next, and its end gives the memory back."""
         self._release_all(reason)
-        self._unload()
 
-    def _unload(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-            gc.collect()
+    def warm_up(self) -> None:
+        """Start loading the model now, in its own thread: the worker was started because
+        work is waiting, and its first files are opened meanwhile."""
+        self._load_soon()
+
+    def _load_soon(self) -> None:
+        """Start loading the model in a thread of its own, if it is neither loaded nor loading."""
+        if self.engine is None and self._loading is None:
+            self._loading = _Loading(self.engine_factory)
 
     def _engine(self) -> Engine:
+        """The model, loaded now if it is not yet (or waited for, if it is loading). A failed
+        load raises its error here, once; the next call tries again."""
         if self.engine is None:
-            self.engine = self.engine_factory()
+            self._load_soon()
+            loading, self._loading = self._loading, None
+            assert loading is not None
+            self.engine = loading.result()
             info = self.engine.info
             log.info(
                 "model %s loaded on %s at %s (%s)", info.model, info.device, info.precision, info.name,
                 extra={"action": "model.load"},
             )
+            for run in self.runs:
+                self._annotate(run)
+        return self.engine
+
+    def _vad(self) -> audio.Vad:
         if self.vad is None:
             self.vad = audio.Vad()
-        return self.engine
+        return self.vad
+
+    def _annotate(self, run: JobRun) -> None:
+        """Record the job's length and the model working on it, once the model is loaded."""
+        if run.annotated or self.engine is None:
+            return
+        info = self.engine.info
+        self.queue.annotate(
+            run.job.id, self.name, duration=run.duration, model=info.model, device=info.device, precision=info.precision,
+        )
+        run.annotated = True
 
     # -- one turn of the loop --------------------------------------------------
 
@@ -126,12 +151,9 @@ class Worker:
                 self.on_outcome(steps.complete_duplicate(job, first))
                 return None
             info = audio.probe(job.path)
-            engine = self._engine()
-            self.queue.annotate(
-                job.id, self.name, duration=info.duration, model=engine.info.model, device=engine.info.device,
-                precision=engine.info.precision,
-            )
-            run = JobRun(job, steps.folder(job), info, self.vad, ahead=self.config.model.batch_size)  # type: ignore[arg-type]
+            self._load_soon()
+            run = JobRun(job, steps.folder(job), info, self._vad(), ahead=self.config.model.batch_size)
+            self._annotate(run)
         except LeaseLost:
             return None
         except Exception as exc:
@@ -150,6 +172,8 @@ class Worker:
         from newly claimed jobs. A short chunk may count for less than a window
         (``Engine.share``), so a batch holds more voice memos than long-file chunks."""
         size = self.config.model.batch_size
+        if self.engine is None:
+            self._open_while_loading(perm, size)
         batch: list[tuple[JobRun, list[audio.Chunk]]] = []
         key = None
         used = 0.0
@@ -185,9 +209,25 @@ class Worker:
                 batch.append((run, chunks))
         return batch
 
+    def _open_while_loading(self, perm: Permission, size: int) -> None:
+        """While the model loads in its own thread, open the first jobs: their files are
+        probed, decoded and cut at pauses (in each run's read-ahead thread) meanwhile, instead
+        of one by one after it, while the model waits. At most a batch of full windows' worth
+        of audio, so that memory stays bounded whatever the files' lengths."""
+        audio_s = sum(r.duration or 0.0 for r in self.runs)
+        while audio_s < size * audio.MAX_CHUNK_SECONDS and len(self.runs) < MAX_OPEN:
+            if self._loading is not None and self._loading.done():
+                return
+            claimed, run = self._claim(perm)
+            if not claimed:
+                return
+            if run is not None:
+                audio_s += run.duration or audio.MAX_CHUNK_SECONDS
+
     def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
-        """How many jobs may be open at once: a batch's worth of the shortest chunks (the
-        model is not loaded for this: before it is, no job is open)."""
+        """How many jobs may be open at once: a batch's worth of the shortest chunks. The
+        shares come from the model, so before it has loaded this is MAX_RUNS (the jobs opened
+        while it loads are bounded by ``_open_while_loading``)."""
         if self.engine is None:
             return MAX_RUNS
         shortest = self.engine.share(0.0, None if key is None else key[0])
@@ -265,3 +305,31 @@ class _CrashLoop(ModelError):
             f"whisperd stopped unexpectedly {strikes} times while working on this file without getting further, "
             "so it gave up. The file may be damaged; try exporting it again."
         )
+
+
+class _Loading:
+    """The engine factory, run in a thread: torch's import and the model's load take a
+    couple of seconds, which the worker spends opening its first files."""
+
+    def __init__(self, factory: Callable[[], Engine]) -> None:
+        self._factory = factory
+        self._engine: Engine | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._load, name="whisperd-model-load", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self._engine = self._factory()
+        except BaseException as exc:  # raised again in the worker's thread by result()
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> Engine:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._engine is not None
+        return self._engine

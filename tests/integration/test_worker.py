@@ -1,0 +1,107 @@
+"""The worker in-process, on a real queue, real files and the real model: how the model's
+load and the first files overlap, and what a model that cannot load does to the jobs."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon import config as config_mod
+from daemon import files
+from daemon.engines.loader import load_engine
+from daemon.errors import ModelError
+from daemon.jobs import Permission, State
+from daemon.queue import Queue
+from daemon.worker import Worker
+from tests import speech
+
+CLIPS = ["ls_1988-24833-0000.flac", "ls_1988-24833-0001.flac", "ls_3752-4944-0000.flac"]
+
+
+@pytest.fixture
+def setup(tmp_path, model_cache):
+    for d in ("inbox", "outbox", "archive", "failed", "state"):
+        (tmp_path / d).mkdir()
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(
+        f"database: sqlite:///{tmp_path}/state/queue.db\n"
+        f"model: {{name: tiny.en, cache_dir: {model_cache}, batch_size: 8}}\n"
+        f"folders: [{{inbox: {tmp_path}/inbox, output: {tmp_path}/outbox, archive: {tmp_path}/archive, failed: {tmp_path}/failed}}]\n"
+        "jobs: {retry_base_seconds: 60, max_attempts: 3}\n"
+        "thermal: {source: none}\npower: {prevent_sleep: false}\nnotify: false\n"
+    )
+    cfg = config_mod.load(cfg_path, check_permissions=False)
+    queue = Queue(cfg.database)
+    for name in CLIPS:
+        dest = tmp_path / "inbox" / name
+        shutil.copy(speech.DATA / name, dest)
+        st = dest.stat()
+        queue.enqueue(folder=0, path=str(dest), rel=name, size=st.st_size, mtime=st.st_mtime,
+                      content_hash=files.content_hash(dest), now=time.time())
+    yield cfg, queue, tmp_path, model_cache
+    queue.close()
+
+
+def worker_for(cfg, queue, factory) -> Worker:
+    return Worker("host:1:w0", cfg, queue, engine_factory=factory, permission=lambda _w: Permission(claim=True),
+                  stop=threading.Event(), wake=threading.Event())
+
+
+def drain(worker: Worker, queue: Queue, limit: int = 50) -> None:
+    for _ in range(limit):
+        if not worker.step() and queue.pending() == 0:
+            return
+    raise AssertionError("the worker did not finish its jobs")
+
+
+def test_the_first_files_are_opened_while_the_model_loads(setup):
+    cfg, queue, root, cache = setup
+    seen: list[int] = []
+    holder: list[Worker] = []
+
+    def factory():
+        # the load waits (up to a minute) until the worker has opened every file; a worker
+        # that opened files only after its model had loaded would make this wait run out
+        deadline = time.monotonic() + 60
+        while len(holder[0].runs) < len(CLIPS) and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        seen.append(len(holder[0].runs))
+        return load_engine(cfg.model, Path(cache))
+
+    worker = worker_for(cfg, queue, factory)
+    holder.append(worker)
+    worker.warm_up()
+    drain(worker, queue)
+    assert seen == [len(CLIPS)]
+    assert queue.counts()[State.DONE.value] == len(CLIPS)
+    for name in CLIPS:
+        stem = Path(name).stem
+        text = (root / "outbox" / f"{stem}.txt").read_text()
+        assert len(text.split()) > 5, text
+        assert (root / "archive" / name).exists()
+        # the model's facts reach the queue even though the job was opened before the model loaded
+    jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+    assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
+
+
+def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup):
+    cfg, queue, root, cache = setup
+    calls: list[int] = []
+
+    def factory():
+        calls.append(1)
+        raise ModelError("The speech model tiny.en could not be loaded (test).")
+
+    worker = worker_for(cfg, queue, factory)
+    worker.step()
+    jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+    assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
+    assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
+    # one failed load per job, as each job would meet it on its own: a later job tries again
+    assert len(calls) == len(CLIPS)
+    assert sorted(p.name for p in (root / "inbox").iterdir()) == sorted(CLIPS)  # nothing moved, nothing lost
+    assert not worker.runs
