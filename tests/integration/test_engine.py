@@ -138,6 +138,30 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
 
 
+def test_log_mel_windows_are_whispers_own_value_for_value(engine, talk):
+    """The engine pads each window's audio with a few zeros before its spectrogram, not 30 s;
+    the mel it gives the model must be exactly the one whisper.transcribe computes. Also for
+    a window of silence and one that ends loud, where the padding's frames could set the maximum."""
+    import torch
+    from whisper.audio import N_FRAMES, N_SAMPLES
+
+    chunks, _ = talk
+    loud_end = speech.read(NAMES[2])[: 5 * SAMPLE_RATE].copy()
+    loud_end[-200:] = 1.0
+    windows = [c.audio for c in chunks] + [
+        speech.read(NAMES[1])[: 3 * SAMPLE_RATE + 77],
+        np.zeros(4 * SAMPLE_RATE, np.float32),
+        loud_end,
+        speech.read(NAMES[0])[:N_SAMPLES],
+    ]
+    ours = engine._mel(windows)
+    for i, audio in enumerate(windows):
+        full = whisper.log_mel_spectrogram(torch.from_numpy(audio), engine.model.dims.n_mels, padding=N_SAMPLES)
+        content = full.shape[-1] - N_FRAMES
+        theirs = whisper.pad_or_trim(full[:, : min(N_FRAMES, content)], N_FRAMES)
+        assert torch.equal(ours[i], theirs), i
+
+
 def test_a_batch_holds_windows_worth_batch_size_full_ones(checkpoint):
     """With fit windows a short chunk counts for its window's share of 30 s; without, for one."""
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=2, fit_windows=True)
