@@ -506,6 +506,7 @@ def iter_chunks(
     max_chunk_s: float = CHUNK_SECONDS,
     vad: Vad | None = None,
     first_index: int = 0,
+    container_format: str | None = None,
 ) -> Iterator[Chunk]:
     """Speech chunks of ``path`` from ``start_at`` seconds on, each at most ``max_chunk_s`` long.
 
@@ -513,16 +514,20 @@ def iter_chunks(
     audio from the previous chunk's end onward, so
     ``iter_chunks(path, start_at=c.end, first_index=c.index + 1)`` yields
     exactly the chunks that followed ``c``. Memory stays bounded by one window.
+    ``container_format``: the container's name as ``probe`` found it, which spares
+    opening the file once more to learn it.
     """
     vad = vad or default_vad()
     max_chunk = int(round(min(max_chunk_s, MAX_CHUNK_SECONDS) * SAMPLE_RATE))
     width = _REANCHOR + max_chunk + _LOOKAHEAD
     pos = max(0, round(start_at * SAMPLE_RATE))
-    container, _ = _open(path)
-    try:
-        exact = container.format.name in _EXACT_SEEK
-    finally:
-        container.close()
+    if container_format is None:
+        container, _ = _open(path)
+        try:
+            container_format = container.format.name
+        finally:
+            container.close()
+    exact = container_format in _EXACT_SEEK
     windows = _SeekWindows(path) if exact else _StreamWindows(path, pos)
     index = first_index
     try:

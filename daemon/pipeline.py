@@ -62,7 +62,9 @@ class JobRun:
         cp = job.checkpoint
         self.checkpoint = cp
         self.started = time.monotonic()
-        chunks = audio.iter_chunks(job.path, start_at=cp.offset, key=str(job.id), first_index=cp.chunks_done, vad=vad)
+        chunks = audio.iter_chunks(
+            job.path, start_at=cp.offset, key=str(job.id), first_index=cp.chunks_done, vad=vad, container_format=info.container or None
+        )
         # with ``ahead``, the next chunks are decoded and cut while the model works on these
         self._chunks: Iterator[audio.Chunk] = Prefetch(chunks, ahead) if ahead > 0 else chunks
         self._peeked: audio.Chunk | None = None
