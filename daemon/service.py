@@ -146,6 +146,7 @@ class Service:
         self._ignore_windows = False
         self._last_lease_check = float("-inf")
         self._idle = False  # nothing queued, settling or running, as of the last tick
+        self._first_tick = True
         self.decision: Any = None
         self._status: dict[str, Any] = {}
         self._permissions: dict[str, Permission] = {}
@@ -315,6 +316,7 @@ class Service:
         self._decide()
         self._heartbeat()
         self._power_and_banners()
+        self._first_tick = False
 
     def rescan(self) -> None:
         for i, folder in enumerate(self.config.folders):
@@ -381,7 +383,7 @@ class Service:
         self._permissions = perms
         for w in self.workers:
             perm = perms[w.name]
-            if not w.alive and perm.claim and self.queue.claimable(self.clock(), perm.folders):
+            if not w.alive and perm.claim and (self.queue.claimable(self.clock(), perm.folders) or self._arriving(perm)):
                 w.start()
             if w.alive:
                 w.allow(perm)
@@ -389,6 +391,15 @@ class Service:
         if reason and reason.startswith("busy:"):
             reason = None
         self._write_status(reason=reason)
+
+    def _arriving(self, perm: Permission) -> bool:
+        """At start-up, files already waiting in an inbox that this worker may take: its
+        process starts and loads the model while they settle, instead of after. Only then:
+        a file that never settles (unreadable, say) must not start a worker again and again."""
+        if not self._first_tick:
+            return False
+        settling = self.settler.folders()
+        return bool(settling if perm.folders is None else settling & set(perm.folders))
 
     def _power_and_banners(self) -> None:
         """Keep the Mac awake while work runs; let it sleep and send one banner when the queue empties."""

@@ -102,6 +102,11 @@ class Settler:
     def __len__(self) -> int:
         return len(self._watch)
 
+    def folders(self) -> set[int]:
+        """The folder entries that have candidates settling."""
+        with self._lock:
+            return {found.folder for found, *_ in self._watch.values()}
+
     def add(self, found: Found) -> None:
         with self._lock:
             if found.path not in self._watch:

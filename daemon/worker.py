@@ -89,11 +89,6 @@ class Worker:
             loading, self._loading = self._loading, None
             assert loading is not None
             self.engine = loading.result()
-            info = self.engine.info
-            log.info(
-                "model %s loaded on %s at %s (%s)", info.model, info.device, info.precision, info.name,
-                extra={"action": "model.load"},
-            )
             for run in self.runs:
                 self._annotate(run)
         return self.engine
@@ -323,6 +318,12 @@ class _Loading:
             self._engine = self._factory()
         except BaseException as exc:  # raised again in the worker's thread by result()
             self._error = exc
+            return
+        info = self._engine.info
+        log.info(
+            "model %s loaded on %s at %s (%s)", info.model, info.device, info.precision, info.name,
+            extra={"action": "model.load"},
+        )
 
     def done(self) -> bool:
         return not self._thread.is_alive()

@@ -2,6 +2,8 @@
 
 import os
 import plistlib
+import re
+import shutil
 import signal
 import time
 
@@ -70,7 +72,6 @@ def test_agent_plist_is_rendered_with_plistlib_and_touches_nothing(tree):
 
 @pytest.mark.timeout(300)
 def test_sighup_reloads_the_config_and_a_bad_one_is_reported_and_ignored(tree):
-    import shutil
 
     good = tree.config.read_text()
     proc = tree.popen("run")
@@ -91,3 +92,32 @@ def test_sighup_reloads_the_config_and_a_bad_one_is_reported_and_ignored(tree):
     assert proc.returncode == 0
     assert tree.files(tree.outbox) == ["memo.txt"]
     assert "the old one stays in force" in out
+
+
+@pytest.mark.timeout(300)
+def test_files_waiting_at_start_up_start_the_worker_and_its_model_while_they_settle(tree):
+    """With a long settle time, a recording already in the inbox when whisperd starts has its
+    worker started and the model loaded before it is queued; it is then transcribed as usual."""
+    tree.config.write_text(tree.config.read_text().replace("settle_seconds: 0.3", "settle_seconds: 8"))
+    shutil.copy(speech.DATA / "ls_1988-24833-0003.flac", tree.inbox / "memo.flac")
+    done = tree.run("run", "--drain", timeout=240)
+    assert done.returncode == 0, done.stderr
+    actions = [a for a in re.findall(r"action=(\S+)", done.stderr) if a in ("worker.start", "model.load", "job.queued", "job.done")]
+    assert actions == ["worker.start", "model.load", "job.queued", "job.done"], done.stderr[-3000:]
+    assert tree.files(tree.outbox) == ["memo.json", "memo.srt", "memo.txt", "memo.vtt"]
+    assert tree.files(tree.archive) == ["memo.flac"]
+
+
+def test_a_daemon_started_with_empty_inboxes_starts_no_worker(tree):
+    proc = tree.popen("run")
+    try:
+        wait_for(lambda: (tree.root / "state" / "daemon.json").exists(), timeout=60, proc=proc, what="start-up")
+        log = tree.root / "home" / ".local" / "state" / "whisperd" / "whisperd.log"
+        wait_for(lambda: "service.start" in log.read_text(), timeout=60, proc=proc, what="the start to be logged")
+        status = tree.run("status", "--json")
+        assert status.returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "worker.start" not in out, out
