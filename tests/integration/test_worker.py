@@ -83,7 +83,7 @@ def test_the_first_files_are_opened_while_the_model_loads(setup):
         text = (root / "outbox" / f"{stem}.txt").read_text()
         assert len(text.split()) > 5, text
         assert (root / "archive" / name).exists()
-        # the model's facts reach the queue even though the job was opened before the model loaded
+    # the model's facts reach the queue, though each job was opened before the model had loaded
     jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
     assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
 
