@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable
 
 from daemon import audio
@@ -53,7 +54,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.clock = clock
         self.engine: Engine | None = None
-        self._loading: _Loading | None = None
+        self._loading: Future[Engine] | None = None
         self.vad: audio.Vad | None = None
         self.runs: list[JobRun] = []
         # the folders where a copy of a recording waits for the first to finish, to be skipped
@@ -72,20 +73,17 @@ class Worker:
         self._release_all(reason)
 
     def warm_up(self) -> None:
-        """Start loading the model now, in its own thread: the worker was started because
-        work is waiting, and its first files are opened meanwhile."""
-        self._load_soon()
-
-    def _load_soon(self) -> None:
-        """Start loading the model in a thread of its own, if it is neither loaded nor loading."""
+        """Start loading the model in a thread of its own, if it is neither loaded nor loading:
+        at the worker's start (it was started because work is waiting) and when a job opens.
+        The first files are opened meanwhile."""
         if self.engine is None and self._loading is None:
-            self._loading = _Loading(self.engine_factory)
+            self._loading = _load_in_thread(self.engine_factory)
 
     def _engine(self) -> Engine:
         """The model, loaded now if it is not yet (or waited for, if it is loading). A failed
         load raises its error here, once; the next call tries again."""
         if self.engine is None:
-            self._load_soon()
+            self.warm_up()
             loading, self._loading = self._loading, None
             assert loading is not None
             self.engine = loading.result()
@@ -146,7 +144,7 @@ class Worker:
                 self.on_outcome(steps.complete_duplicate(job, first))
                 return None
             info = audio.probe(job.path)
-            self._load_soon()
+            self.warm_up()
             run = JobRun(job, steps.folder(job), info, self._vad(), ahead=self.config.model.batch_size)
             self._annotate(run)
         except LeaseLost:
@@ -302,35 +300,24 @@ class _CrashLoop(ModelError):
         )
 
 
-class _Loading:
-    """The engine factory, run in a thread: torch's import and the model's load take a
-    couple of seconds, which the worker spends opening its first files."""
+def _load_in_thread(factory: Callable[[], Engine]) -> Future[Engine]:
+    """The engine factory, run in a thread of its own: torch's import and the model's load
+    take a couple of seconds, which the worker spends opening its first files. The future
+    holds the engine, or the error that the worker's thread raises again."""
+    future: Future[Engine] = Future()
 
-    def __init__(self, factory: Callable[[], Engine]) -> None:
-        self._factory = factory
-        self._engine: Engine | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._load, name="whisperd-model-load", daemon=True)
-        self._thread.start()
-
-    def _load(self) -> None:
+    def load() -> None:
         try:
-            self._engine = self._factory()
-        except BaseException as exc:  # raised again in the worker's thread by result()
-            self._error = exc
+            engine = factory()
+        except BaseException as exc:
+            future.set_exception(exc)
             return
-        info = self._engine.info
+        info = engine.info
         log.info(
             "model %s loaded on %s at %s (%s)", info.model, info.device, info.precision, info.name,
             extra={"action": "model.load"},
         )
+        future.set_result(engine)
 
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def result(self) -> Engine:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._engine is not None
-        return self._engine
+    threading.Thread(target=load, name="whisperd-model-load", daemon=True).start()
+    return future
