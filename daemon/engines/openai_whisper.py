@@ -278,7 +278,8 @@ class OpenAIWhisperEngine:
         results: list[Any] = [None] * features.shape[0]
         todo = list(range(features.shape[0]))
         for temperature in TEMPERATURES:
-            decoded = self._decode(features[todo], temperature, language, task, [frames[i] for i in todo])
+            rows = features if len(todo) == features.shape[0] else features[todo]  # no copy of a whole batch
+            decoded = self._decode(rows, temperature, language, task, [frames[i] for i in todo])
             retry = []
             for i, r in zip(todo, decoded):
                 results[i] = r
@@ -351,23 +352,36 @@ class OpenAIWhisperEngine:
         ]
 
     def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str) -> list[Any]:
+        """Results for ``windows``, in their order. They are decoded shortest first: the CPU
+        step groups rows of like lengths (``shrinking.length_groups``), and rows that come
+        sorted are not copied into a sorted batch (features and all) on the way."""
         import torch
 
         frames = self._frames(windows, language)
+        order = sorted(range(len(windows)), key=frames.__getitem__)
+        windows, frames = [windows[i] for i in order], [frames[i] for i in order]
         with torch.inference_mode():
-            mel = self._mel(windows)
             try:
-                return self._run(mel, frames, language, task)
+                decoded = self._run(windows, frames, language, task)
             except (RuntimeError, NotImplementedError) as exc:
                 if self.info.device != "mps":
                     raise
                 self._fall_back_to_cpu(exc)
-                return self._run(mel.to("cpu"), frames, language, task)
+                decoded = self._run(windows, frames, language, task)
+        results: list[Any] = [None] * len(order)
+        for i, r in zip(order, decoded):
+            results[i] = r
+        return results
 
-    def _run(self, mel: Any, frames: list[int], language: str | None, task: str) -> list[Any]:
+    def _run(self, windows: Sequence[np.ndarray], frames: list[int], language: str | None, task: str) -> list[Any]:
+        """The mel spectrograms are let go once encoded, before the decoding's caches
+        (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
+        mel = self._mel(windows)
         if self.info.device != "cpu":
-            return self._decode_with_fallback(self._encode(mel, frames), language, task, feature_frames)
+            features = self._encode(mel, frames)
+            del mel
+            return self._decode_with_fallback(features, language, task, feature_frames)
         # as many threads as other programs leave cores free (model.threads: 0), else as configured
         n = self.free_cores() if self.free_cores is not None else self.threads
         if n != self._last_threads:
@@ -376,6 +390,7 @@ class OpenAIWhisperEngine:
             self._last_threads = n
         with _torch_threads(n):
             features = self._encode(mel, frames)
+        del mel
         with _torch_threads(min(n, self.decode_threads)):
             return self._decode_with_fallback(features, language, task, feature_frames)
 

@@ -106,7 +106,8 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
 def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
     """Windows of different lengths decoded in one padded batch give each the tokens it gets
     alone, unpadded: the padding changes nothing. The batch is given out of length order and
-    splits into groups of like lengths, whose rows end at different steps and leave."""
+    splits into groups of like lengths, whose rows end at different steps and leave. The
+    engine sorts a batch before its spectrograms and gives the results back in its order."""
     import torch
 
     from daemon.engines import shrinking
@@ -131,8 +132,10 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk):
         assert features.shape[1] == max(own)
         together = shrinking.decode(fit.model, features, options, own)
         alone = [shrinking.decode(fit.model, features[i : i + 1, :n], options)[0] for i, n in enumerate(own)]
+        engine_order = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
     assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
     assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert [r.tokens for r in engine_order] == [r.tokens for r in alone]
     for a, b in zip(together, alone):
         assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
