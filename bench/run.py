@@ -153,6 +153,11 @@ class Bench:
             self.out["overhead"] = old["overhead"]
         self.say(f"--resume: keeping {len(self.resumed)} runs measured earlier")
 
+    def _keep_resumed(self, which: Callable[[tuple[str, str, str, str]], bool]) -> None:
+        """Move the runs kept by --resume that no stage asked for again into the results."""
+        for key in [k for k in self.resumed if which(k)]:
+            self.runs.append(self.resumed.pop(key))
+
     # -- helpers ------------------------------------------------------------------
 
     def elapsed(self) -> float:
@@ -416,8 +421,11 @@ class Bench:
             self.say("    " + report.overhead_line(self.out["overhead"]))
             self.save()
 
+        # runs kept by --resume whose stage did not run this time stay in the results (C's may still be measured)
+        self._keep_resumed(lambda key: key[0] != "C")
         if "long" in a.stages:
             self.long_recordings(B)
+        self._keep_resumed(lambda key: True)
 
         self.out["comparisons"] = report.compare(self.runs, BASELINE)
         self.out["best_whisperd_settings"] = report.best_settings(self.runs, DEFAULT)
