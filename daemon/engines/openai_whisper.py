@@ -377,11 +377,10 @@ class OpenAIWhisperEngine:
         """The mel spectrograms are let go once encoded, before the decoding's caches
         (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
-        mel = self._mel(windows)
         if self.info.device != "cpu":
-            features = self._encode(mel, frames)
-            del mel
+            features = self._encode(self._mel(windows), frames)
             return self._decode_with_fallback(features, language, task, feature_frames)
+        mel = self._mel(windows)
         # as many threads as other programs leave cores free (model.threads: 0), else as configured
         n = self.free_cores() if self.free_cores is not None else self.threads
         if n != self._last_threads:
