@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,18 @@ SWEEP = [
     wd.Settings("auto", 16, 0, fit_windows=False),
 ]
 QUICK_SWEEP = [wd.Settings("int8", 16, 0)]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One measurement to make: an engine with its settings on a workload, and how to run it once."""
+
+    w: wl.Workload
+    engine: str
+    variant: str
+    condition: str
+    go: Callable[[], dict[str, Any]]
+    settings: wd.Settings | None = None
 
 
 def _git_head() -> str | None:
@@ -214,31 +227,41 @@ class Bench:
 
     # -- one measured run -----------------------------------------------------------
 
-    def measure(self, w: wl.Workload, engine: str, variant: str, condition: str, go: Callable[[], dict[str, Any]],
-                settings: wd.Settings | None = None) -> dict[str, Any]:
-        """Run ``go`` (one engine on one workload) ``--repeat`` times and keep the fastest; rerun a try
-        that other processes disturbed."""
-        earlier = self.resumed.pop((w.key, engine, variant, condition), None)
-        if earlier is not None:
-            self.say(f"{w.key} {condition:6} {engine} [{variant}]: measured earlier in this bench (--resume), kept")
-            self.runs.append(earlier)
-            self.save()
-            return earlier
-        tries: list[tuple[dict[str, Any], dict[str, str]]] = []
-        kept: list[tuple[dict[str, Any], dict[str, str]]] = []
+    def measure_rounds(self, plans: list[Planned]) -> list[dict[str, Any]]:
+        """Measure several runs ``--repeat`` times each, keeping each one's fastest, in rounds: every
+        round runs each of them once. This machine's speed drifts (whisperd's time on A moved by a
+        third between two sittings 30 minutes apart, same code); with the repeats of one engine back
+        to back, a slow spell could fall on one engine's tries and not on the others'."""
+        results: list[dict[str, Any] | None] = [None] * len(plans)
+        kept: list[list[tuple[dict[str, Any], dict[str, str]]]] = [[] for _ in plans]
+        tries: list[list[tuple[dict[str, Any], dict[str, str]]]] = [[] for _ in plans]
+        todo = []
+        for i, p in enumerate(plans):
+            earlier = self.resumed.pop((p.w.key, p.engine, p.variant, p.condition), None)
+            if earlier is not None:
+                self.say(f"{p.w.key} {p.condition:6} {p.engine} [{p.variant}]: measured earlier in this bench (--resume), kept")
+                results[i] = earlier
+            else:
+                todo.append(i)
         for _ in range(max(1, self.args.repeat)):
-            kept.append(self._attempts(w, engine, variant, condition, go, settings))
-            tries += kept[-1][0].pop("_tries")
-            if kept[-1][0].get("error"):
-                break
-        ok = [k for k in kept if k[0].get("work_s")]
-        best, texts = min(ok, key=lambda rt: rt[0]["work_s"]) if ok else kept[-1]
-        if len(tries) > 1:
-            best["all_tries"] = [{k: t.get(k) for k in ("wall_s", "work_s", "foreign_cores", "peak_rss_mb")} for t, _ in tries]
-        self.runs.append(best)
-        self.transcripts[f"{w.key}/{condition}/{engine}/{variant}"] = texts
+            for i in todo:
+                if kept[i] and kept[i][-1][0].get("error"):
+                    continue  # a broken run is not tried again
+                p = plans[i]
+                kept[i].append(self._attempts(p.w, p.engine, p.variant, p.condition, p.go, p.settings))
+                tries[i] += kept[i][-1][0].pop("_tries")
+        for i in todo:
+            p = plans[i]
+            ok = [k for k in kept[i] if k[0].get("work_s")]
+            best, texts = min(ok, key=lambda rt: rt[0]["work_s"]) if ok else kept[i][-1]
+            if len(tries[i]) > 1:
+                best["all_tries"] = [{k: t.get(k) for k in ("wall_s", "work_s", "foreign_cores", "peak_rss_mb")} for t, _ in tries[i]]
+            self.transcripts[f"{p.w.key}/{p.condition}/{p.engine}/{p.variant}"] = texts
+            results[i] = best
+        measured = [r for r in results if r is not None]
+        self.runs.extend(measured)
         self.save()
-        return best
+        return measured
 
     def _attempts(self, w: wl.Workload, engine: str, variant: str, condition: str, go: Callable[[], dict[str, Any]],
                   settings: wd.Settings | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -302,6 +325,10 @@ class Bench:
 
     def engine(self, w: wl.Workload, engine: str, variant: str, options: dict[str, Any], condition: str = "quiet",
                hog: CpuHog | None = None) -> dict[str, Any]:
+        return self.measure_rounds([self.engine_plan(w, engine, variant, options, condition, hog)])[0]
+
+    def engine_plan(self, w: wl.Workload, engine: str, variant: str, options: dict[str, Any], condition: str = "quiet",
+                    hog: CpuHog | None = None) -> Planned:
         timeout = self._timeout(w, engine, variant, condition)
 
         def go() -> dict[str, Any]:
@@ -328,10 +355,14 @@ class Bench:
                 shutil.rmtree(d, ignore_errors=True)
             return res
 
-        return self.measure(w, engine, variant, condition, go)
+        return Planned(w, engine, variant, condition, go)
 
     def whisperd(self, w: wl.Workload, settings: wd.Settings, condition: str = "quiet",
                  hog: CpuHog | None = None) -> dict[str, Any]:
+        return self.measure_rounds([self.whisperd_plan(w, settings, condition, hog)])[0]
+
+    def whisperd_plan(self, w: wl.Workload, settings: wd.Settings, condition: str = "quiet",
+                      hog: CpuHog | None = None) -> Planned:
         timeout = self._timeout(w, "whisperd", settings.label, condition)
 
         def go() -> dict[str, Any]:
@@ -353,12 +384,12 @@ class Bench:
                 res["tree"] = str(root)
             return res
 
-        return self.measure(w, "whisperd", settings.label, condition, go, settings=settings)
+        return Planned(w, "whisperd", settings.label, condition, go, settings)
 
     def all_engines(self, w: wl.Workload) -> None:
-        for engine, variant, options in BASELINES:
-            self.engine(w, engine, variant, options)
-        self.whisperd(w, DEFAULT)
+        """Every engine on ``w``, their repeats in rounds (see ``measure_rounds``)."""
+        plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in BASELINES]
+        self.measure_rounds(plans + [self.whisperd_plan(w, DEFAULT)])
 
     # -- the stages -----------------------------------------------------------------
 
@@ -399,9 +430,9 @@ class Bench:
             with CpuHog() as hog:
                 self.hog = hog
                 self.out["shared_machine"] = {"hog": f"python busy loop pinned to core {hog.core}"}
-                self.engine(B, "openai-whisper", BASELINES[0][1], {}, "shared", hog)
-                self.engine(B, "faster-whisper", BASELINES[1][1], {}, "shared", hog)
-                self.whisperd(B, DEFAULT, "shared", hog)
+                self.measure_rounds([self.engine_plan(B, "openai-whisper", BASELINES[0][1], {}, "shared", hog),
+                                     self.engine_plan(B, "faster-whisper", BASELINES[1][1], {}, "shared", hog),
+                                     self.whisperd_plan(B, DEFAULT, "shared", hog)])
                 best = report.best_settings(self.runs, DEFAULT)
                 if best is not None and wd.Settings(**best["settings"]) != DEFAULT:
                     self.whisperd(B, wd.Settings(**best["settings"]), "shared", hog)
