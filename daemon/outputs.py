@@ -19,6 +19,9 @@ from daemon.jobs import Segment
 def _writers() -> dict[str, Any]:
     """whisper.utils imports torch, so it is imported on first use: a worker reads and cuts
     its first files while another thread loads torch and the model."""
+    from daemon.engines.whisper_lib import import_whisper
+
+    import_whisper()
     from whisper.utils import WriteJSON, WriteSRT, WriteTXT, WriteVTT
 
     return {"txt": WriteTXT, "srt": WriteSRT, "vtt": WriteVTT, "json": WriteJSON}

@@ -83,7 +83,10 @@ def load_checkpoint(ref: Path | str, *, cache_dir: Path | None = None) -> Any:
     and a failed download becomes a ModelError that names what was tried.
     """
     import torch
-    import whisper
+
+    from daemon.engines.whisper_lib import import_whisper, no_weight_init
+
+    whisper = import_whisper()
     from whisper.model import ModelDimensions, Whisper
 
     if isinstance(ref, str):
@@ -100,7 +103,8 @@ def load_checkpoint(ref: Path | str, *, cache_dir: Path | None = None) -> Any:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         dims = ModelDimensions(**checkpoint["dims"])
-        model = Whisper(dims)
+        with no_weight_init():  # every weight comes from the checkpoint (a missing one fails the load)
+            model = Whisper(dims)
         model.load_state_dict(checkpoint["model_state_dict"])
     except FileNotFoundError as exc:
         raise ModelError(f"model file {str(path)!r} does not exist") from exc

@@ -277,6 +277,54 @@ def test_load_engine_from_config(model_cache):
     engine.close()
 
 
+def test_a_loaded_model_holds_the_checkpoints_weights_and_whispers_own_buffers(checkpoint):
+    """The model is built with torch's initializers switched off; every weight must still be
+    the checkpoint's, and what whisper computes itself (sinusoids, masks) must be as usual."""
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    from daemon.engines.models import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    plain = Whisper(ModelDimensions(**stored["dims"]))
+    plain.load_state_dict(stored["model_state_dict"])
+    mine, theirs = model.state_dict(), plain.float().state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert torch.equal(mine[name], value), name
+    assert torch.equal(model.decoder.mask, plain.decoder.mask)
+    # and the initializers are torch's own again
+    assert torch.nn.init.kaiming_uniform_.__module__ == "torch.nn.init"
+    assert torch.nn.init.normal_.__module__ == "torch.nn.init"
+
+
+def test_a_worker_loads_the_model_without_numba_and_word_timings_still_work(checkpoint, talk, tmp_path):
+    """whisper.timing (which imports numba) is left out of the model's load; asking whisper
+    for word timings afterwards imports it then and gives real word times."""
+    import subprocess
+    import sys
+
+    chunks, _ = talk
+    np.save(tmp_path / "speech.npy", chunks[0].audio)
+    code = f"""
+import sys, numpy as np
+from daemon.engines.models import load_checkpoint
+model = load_checkpoint({str(checkpoint)!r})
+import whisper, whisper.utils
+loaded = 'numba' in sys.modules
+result = model.transcribe(np.load({str(tmp_path / "speech.npy")!r}), word_timestamps=True, fp16=False, language="en")
+words = [w for s in result["segments"] for w in s["words"]]
+print(loaded, 'numba' in sys.modules, len(words), words[0]["start"] < words[-1]["end"] <= {len(chunks[0].audio) / SAMPLE_RATE + 0.5})
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    loaded, later, count, ordered = out.stdout.split()
+    assert (loaded, later, ordered) == ("False", "True", "True")
+    assert int(count) >= 5
+
+
 def test_load_engine_names_a_missing_model(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_engine(ModelConfig(name=str(tmp_path / "missing.pt")), tmp_path)

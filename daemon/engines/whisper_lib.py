@@ -1,0 +1,98 @@
+"""openai-whisper, imported and built without the work whisperd does not need.
+
+A worker's model load is on the way of its first transcripts, so two pieces of it are
+left out (measured on a 2-core AMD EPYC, tiny.en: the load from 1.5 s to 1.2 s, alone):
+
+- ``whisper/__init__`` imports ``whisper.transcribe``, which imports ``whisper.timing``,
+  which imports numba to compile its word-timing kernels (0.25-0.3 s). whisperd asks
+  whisper for no word timings, so ``whisper.timing`` stands in until something does:
+  its ``add_word_timestamps``, or any other name asked of it, imports the real module
+  then and hands over.
+- ``Whisper(dims)`` fills every weight with random numbers (0.17 s) that the checkpoint
+  then replaces. ``Whisper`` is built with torch's weight initializers switched off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import types
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+TIMING = "whisper.timing"
+
+_lock = threading.Lock()
+
+
+def import_whisper() -> Any:
+    """``import whisper``, with ``whisper.timing`` standing in for the real module if whisper
+    has not been imported yet. Every first import of whisper in whisperd goes through here."""
+    with _lock:
+        if "whisper" not in sys.modules and TIMING not in sys.modules:
+            sys.modules[TIMING] = _Timing(TIMING)
+    import whisper
+
+    return whisper
+
+
+def real_timing() -> types.ModuleType:
+    """The real ``whisper.timing``, imported now if only the stand-in is there."""
+    with _lock:
+        module = sys.modules.get(TIMING)
+        if isinstance(module, _Timing):
+            del sys.modules[TIMING]
+            module = importlib.import_module(TIMING)
+            whisper = sys.modules.get("whisper")
+            if whisper is not None:
+                whisper.timing = module  # type: ignore[attr-defined]
+        if module is None:
+            module = importlib.import_module(TIMING)
+        return module
+
+
+def _add_word_timestamps(*args: Any, **kwargs: Any) -> Any:
+    return real_timing().add_word_timestamps(*args, **kwargs)
+
+
+class _Timing(types.ModuleType):
+    """``whisper.timing`` until it is used. ``whisper.transcribe`` imports
+    ``add_word_timestamps`` from it by name, so that one is an attribute of its own."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, "whisper.timing, imported when first used (see daemon.engines.whisper_lib)")
+        self.add_word_timestamps = _add_word_timestamps
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(real_timing(), name)
+
+
+@contextmanager
+def no_weight_init() -> Iterator[None]:
+    """torch's weight initializers as no-ops, for building a model whose weights are then
+    loaded: linear, convolution and embedding layers call them as they are made. Only the
+    thread that loads a model builds torch modules in a worker; the lock keeps two loads
+    (a test's, say) from undoing each other's switch."""
+    import torch
+
+    init = torch.nn.init
+    names = ("kaiming_uniform_", "uniform_", "normal_")
+    with _init_lock:
+        saved = {n: getattr(init, n) for n in names}
+        for n in names:
+            setattr(init, n, _keep)
+        try:
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(init, n, f)
+
+
+_init_lock = threading.Lock()
+
+
+def _keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
