@@ -48,9 +48,10 @@ BASELINES: list[tuple[str, str, dict[str, Any]]] = [
     ("faster-whisper", "int8 beam1", {"beam_size": 1}),
     ("faster-whisper-batched", "int8 beam5 bs8", {"batch_size": 8}),
 ]
-DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (fp32 on CPU), batch 16, threads auto
+DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (on a CPU: bf16 where it is native, else fp32), batch 16, threads auto
 # one setting changed at a time; then the best of each combined, if that combination is new
 SWEEP = [
+    wd.Settings("fp32", 16, 0),
     wd.Settings("bf16", 16, 0),
     wd.Settings("int8", 16, 0),
     wd.Settings("auto", 8, 0),

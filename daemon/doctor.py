@@ -102,7 +102,10 @@ def planned_device(model: ModelConfig, torch: Any) -> tuple[str, str, bool, bool
         device = "cuda" if cuda else "mps" if mps else "cpu"
     precision = model.precision
     if precision == "auto":
-        precision = "fp16" if device in ("cuda", "mps") else "fp32"
+        from daemon.engines.loader import cpu_has_bf16, pick_precision
+
+        native = model.engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
+        precision = pick_precision(device, precision, bf16=lambda: native)
     return device, precision, cuda, mps
 
 

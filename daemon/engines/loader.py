@@ -85,13 +85,19 @@ def pick_device(
     return "cpu"
 
 
-def pick_precision(device: str, requested: str) -> str:
-    """``auto`` is fp16 on a GPU and fp32 on the CPU. The CPU never runs fp16 (PyTorch
-    has no fast fp16 CPU kernels and mixed dtypes fail); int8 and bf16 (the encoder in
-    bfloat16, for CPUs with AVX-512 BF16 or AMX) are CPU-only modes."""
+def pick_precision(device: str, requested: str, *, bf16: Callable[[], bool] = cpu_has_bf16) -> str:
+    """``auto`` is fp16 on a GPU; on the CPU, bf16 (the encoder in bfloat16, the decoder in
+    fp32) where the CPU multiplies bfloat16 natively (``bf16``: AVX-512 BF16 or AMX), else
+    fp32. Measured on a 2-core AMD EPYC with AVX-512 BF16, daemon runs interleaved with fp32:
+    60 memos 1.19x faster (median of 3), a 5.5-minute recording 1.11x, a 60-minute one
+    1.12x; word error rate 4.93% and 5.35% either way, 4.64% against 4.62% on the hour.
+    The CPU never runs fp16 (PyTorch has no fast fp16 CPU kernels and mixed dtypes fail);
+    int8 and bf16 are CPU-only modes."""
     requested = (requested or "auto").lower()
     if requested == "auto":
-        return "fp16" if device in GPU_DEVICES else "fp32"
+        if device in GPU_DEVICES:
+            return "fp16"
+        return "bf16" if device == "cpu" and bf16() else "fp32"
     if device == "cpu" and requested == "fp16":
         return "fp32"
     if device in GPU_DEVICES and requested in ("int8", "bf16"):

@@ -271,8 +271,11 @@ def test_faster_whisper_engine(talk):
 
 
 def test_load_engine_from_config(model_cache):
+    from daemon.engines.loader import cpu_has_bf16
+
     engine = load_engine(ModelConfig(name="tiny.en", device="cpu", precision="auto", batch_size=4), model_cache)
-    assert (engine.info.model, engine.info.device, engine.info.precision) == ("tiny.en", "cpu", "fp32")
+    expected = "bf16" if cpu_has_bf16() else "fp32"
+    assert (engine.info.model, engine.info.device, engine.info.precision) == ("tiny.en", "cpu", expected)
     assert engine.batch_size == 4
     engine.close()
 
@@ -400,7 +403,10 @@ def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk
 
 
 def test_pick_precision():
-    assert pick_precision("cpu", "auto") == "fp32"
+    assert pick_precision("cpu", "auto", bf16=lambda: False) == "fp32"
+    assert pick_precision("cpu", "auto", bf16=lambda: True) == "bf16"  # the encoder in bfloat16 where the CPU has it
+    assert pick_precision("cpu", "fp32", bf16=lambda: True) == "fp32"
+    assert pick_precision("cuda", "auto", bf16=lambda: True) == "fp16"
     assert pick_precision("cpu", "bf16") == "bf16"
     assert pick_precision("cuda", "bf16") == "fp16"
     assert pick_precision("cpu", "fp16") == "fp32"  # never half precision on the CPU

@@ -51,9 +51,10 @@ def by_name(checks):
     return {c.name: c for c in checks}
 
 
-def fake_torch(cuda=False, mps=False, mps_attr=True):
+def fake_torch(cuda=False, mps=False, mps_attr=True, bf16=False):
     backends = SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps)) if mps_attr else SimpleNamespace()
-    return SimpleNamespace(__version__="2.9.0", cuda=SimpleNamespace(is_available=lambda: cuda), backends=backends)
+    cpu = SimpleNamespace(_is_avx512_bf16_supported=lambda: bf16)
+    return SimpleNamespace(__version__="2.9.0", cuda=SimpleNamespace(is_available=lambda: cuda), backends=backends, cpu=cpu)
 
 
 # --------------------------------------------------------------------------- the broken setup
@@ -120,6 +121,9 @@ def test_torch_present_reports_version():
     "torch, model, device, status",
     [
         (fake_torch(), ModelConfig(), "cpu, fp32", Status.OK),
+        (fake_torch(bf16=True), ModelConfig(), "cpu, bf16", Status.OK),
+        (fake_torch(bf16=True), ModelConfig(engine="faster-whisper"), "cpu, fp32", Status.OK),
+        (fake_torch(cuda=True, bf16=True), ModelConfig(), "cuda, fp16", Status.OK),
         (fake_torch(mps=True), ModelConfig(), "mps, fp16", Status.OK),
         (fake_torch(cuda=True, mps=True), ModelConfig(), "cuda, fp16", Status.OK),
         (fake_torch(mps_attr=False), ModelConfig(), "cpu, fp32", Status.OK),
