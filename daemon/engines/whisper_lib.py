@@ -23,7 +23,8 @@ from typing import Any, Iterator
 
 TIMING = "whisper.timing"
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # installing or replacing the stand-in
+_init_lock = threading.Lock()  # switching torch's initializers off and on
 
 
 def import_whisper() -> Any:
@@ -40,15 +41,12 @@ def import_whisper() -> Any:
 def real_timing() -> types.ModuleType:
     """The real ``whisper.timing``, imported now if only the stand-in is there."""
     with _lock:
-        module = sys.modules.get(TIMING)
-        if isinstance(module, _Timing):
+        if isinstance(sys.modules.get(TIMING), _Timing):
             del sys.modules[TIMING]
-            module = importlib.import_module(TIMING)
-            whisper = sys.modules.get("whisper")
-            if whisper is not None:
-                whisper.timing = module  # type: ignore[attr-defined]
-        if module is None:
-            module = importlib.import_module(TIMING)
+        module = importlib.import_module(TIMING)
+        whisper = sys.modules.get("whisper")
+        if whisper is not None:
+            whisper.timing = module  # type: ignore[attr-defined]
         return module
 
 
@@ -89,9 +87,6 @@ def no_weight_init() -> Iterator[None]:
         finally:
             for n, f in saved.items():
                 setattr(init, n, f)
-
-
-_init_lock = threading.Lock()
 
 
 def _keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
