@@ -141,6 +141,8 @@ class OpenAIWhisperEngine:
             model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
             log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
         self.model = model.eval()
+        # bf16: the decoder's cross-attention keys and values in bfloat16 too (see shrinking.CpuInference)
+        self.cross_bf16 = precision == "bf16"
         # the padding of fit windows is masked by the CPU's greedy token step only
         self.fit_windows = fit_windows and device == "cpu" and self.beam_size is None
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
@@ -269,7 +271,7 @@ class OpenAIWhisperEngine:
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
                     out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
             return out
-        return shrinking.decode(self.model, features, options, frames)
+        return shrinking.decode(self.model, features, options, frames, cross_bf16=self.cross_bf16)
 
     def _decode_with_fallback(self, features: Any, language: str | None, task: str, frames: list[int]) -> list[Any]:
         """Greedy (or beam) first; only the items whose text looks wrong are decoded
