@@ -66,11 +66,12 @@ def _quantize_int8(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def _bf16_encoder(model: Any) -> Any:
+def _to_bf16(model: Any) -> Any:
     """The encoder's weights in bfloat16, its layer norms left in fp32 (whisper's LayerNorm
-    computes in fp32 and a bf16 weight there fails with "mixed dtype"). The decoder stays fp32:
-    in bf16 its greedy choices drift (measured: a higher WER), while the encoder's output gives
-    the same words."""
+    computes in fp32 and a bf16 weight there fails with "mixed dtype"), and a bf16 copy of the
+    token embeddings for the vocabulary projection (``vocabulary_bf16``, read by the CPU token
+    step). The decoder's layers stay fp32: in bf16 their greedy choices drift (measured: a
+    higher WER), while the encoder's output gives the same words."""
     import torch
 
     for module in model.encoder.modules():
@@ -78,6 +79,8 @@ def _bf16_encoder(model: Any) -> Any:
             continue
         for param in module.parameters(recurse=False):
             param.data = param.data.to(torch.bfloat16)
+    vocabulary = model.decoder.token_embedding.weight.detach().to(torch.bfloat16)
+    model.register_buffer("vocabulary_bf16", vocabulary, persistent=False)
     return model
 
 
@@ -119,7 +122,7 @@ class OpenAIWhisperEngine:
         model = load_checkpoint(checkpoint, cache_dir=cache_dir)
         if precision == "bf16":
             if device == "cpu" and cpu_has_bf16():
-                model = _bf16_encoder(model)
+                model = _to_bf16(model)
             else:
                 log.warning("bf16 needs a CPU with AVX-512 BF16 or AMX; using fp32", extra={"action": "model_load"})
                 precision = "fp32"
@@ -141,8 +144,8 @@ class OpenAIWhisperEngine:
             model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
             log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
         self.model = model.eval()
-        # bf16: the decoder's cross-attention keys and values in bfloat16 too (see shrinking.CpuInference)
-        self.cross_bf16 = precision == "bf16"
+        # bf16: the CPU token step reads keys, values and the vocabulary in bfloat16 (see shrinking)
+        self.bf16_step = precision == "bf16"
         # the padding of fit windows is masked by the CPU's greedy token step only
         self.fit_windows = fit_windows and device == "cpu" and self.beam_size is None
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
@@ -271,7 +274,7 @@ class OpenAIWhisperEngine:
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
                     out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
             return out
-        return shrinking.decode(self.model, features, options, frames, cross_bf16=self.cross_bf16)
+        return shrinking.decode(self.model, features, options, frames, bf16_step=self.bf16_step)
 
     def _decode_with_fallback(self, features: Any, language: str | None, task: str, frames: list[int]) -> list[Any]:
         """Greedy (or beam) first; only the items whose text looks wrong are decoded

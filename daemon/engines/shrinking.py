@@ -23,13 +23,14 @@ a few groups of like lengths (``length_groups``), each laid out only as long as 
 row; a 4 s memo batched with a 20 s one no longer reads the 20 s one's padding at every token
 (measured on 64 memo chunks at batch 32: the token loop 5.2 s → 3.2 s).
 
-With ``cross_bf16`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) those keys
-and values are kept in bfloat16, keys laid out like the values, and read by PyTorch's fused
-attention, which accumulates and takes the softmax in fp32: half the bytes per token, and
-half the batch's largest block of memory (9 MB per row instead of 18). Measured on a 2-core
-Xeon with AMX, one step's cross-attention for 16 rows: 1.1 ms against 1.6-1.8 ms for the two
-fp32 products; in the daemon, A's memos 9% and the 60-minute recording 11% faster, peaks
-105-150 MB lower, the same words on A and B and three fewer errors on C.
+With ``bf16_step`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the step reads
+its two largest things in bfloat16. The keys and values, keys laid out like the values, go to
+PyTorch's fused attention, which accumulates and takes the softmax in fp32: half the bytes per
+token, and half the batch's largest block of memory (9 MB per row instead of 18). The
+vocabulary projection multiplies by a bf16 copy of the token embeddings (40 MB instead of 80
+read per step; the fp32 ones stay for the embedding lookup), accumulating in fp32. Measured on
+a 2-core Xeon with AMX, one step for 16 rows: cross-attention 1.1 ms against 1.6-1.8 ms for the
+two fp32 products, the vocabulary 1.8 ms against 4.6 ms.
 
 Only greedy decoding (one sequence per item) shrinks; beam search and sampling keep
 whisper's loop.
@@ -55,13 +56,18 @@ class CpuInference(Inference):
     """The text decoder's forward pass with caches of our own layout (see the module's text).
     For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
 
-    def __init__(self, model: Any, frames: list[int] | None = None, *, cross_bf16: bool = False) -> None:
+    def __init__(self, model: Any, frames: list[int] | None = None, *, bf16_step: bool = False) -> None:
         self.decoder = model.decoder
         self.linear = gemm.linear_of(model)  # the vocabulary projection, as the model's layers multiply
         self.n_head = model.dims.n_text_head
         self.frames = frames  # per row, how many audio frames are its own; the rest is padding, never attended
-        # keys and values kept in bfloat16 and read by the fused attention (see ``CROSS_BF16``)
-        self.cross_bf16 = cross_bf16
+        # bfloat16 for what a step reads most: cross-attention keys and values, and the vocabulary
+        self.bf16_step = bf16_step
+        self.vocabulary: torch.Tensor | None = None
+        if bf16_step:
+            self.vocabulary = getattr(model, "vocabulary_bf16", None)
+            if self.vocabulary is None:
+                self.vocabulary = model.decoder.token_embedding.weight.to(torch.bfloat16)
         self.groups: list[int] = []  # rows per group: consecutive rows whose keys and values share a length
         self.masks: list[torch.Tensor | None] = []  # per group, (n, 1, 1, T): 0 for a row's frames, -inf for padding
         # per layer, per group: keys (n, H, D, T), values (n, H, T, D), T the group's longest row;
@@ -79,7 +85,7 @@ class CpuInference(Inference):
             starts = _starts(self.groups)
             parts = [(audio_features[a : a + n, : max(frames[a : a + n])], frames[a : a + n]) for a, n in zip(starts, self.groups)]
             self.cross = [[self._lay_out(block.cross_attn, f) for f, _ in parts] for block in dec.blocks]
-            self.masks = [_padding_mask(own, f.shape[1], torch.bool if self.cross_bf16 else f.dtype) for f, own in parts]
+            self.masks = [_padding_mask(own, f.shape[1], torch.bool if self.bf16_step else f.dtype) for f, own in parts]
             offset = 0
         else:
             offset = self.keys[0].shape[1]
@@ -91,6 +97,8 @@ class CpuInference(Inference):
             x = x + self._cross_attention(i, block.cross_attn, block.cross_attn_ln(x))
             x = x + block.mlp(block.mlp_ln(x))
         x = dec.ln(x)
+        if self.vocabulary is not None:
+            return F.linear(x.to(torch.bfloat16), self.vocabulary).float()
         return self.linear(x, dec.token_embedding.weight.to(x.dtype)).float()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +110,7 @@ class CpuInference(Inference):
         keeps memory of its own (kernels, freed blocks)."""
         n, t, state = audio_features.shape
         h = self.n_head
-        if self.cross_bf16:
+        if self.bf16_step:
             k = audio_features.new_empty(n, h, t, state // h, dtype=torch.bfloat16)
         else:
             k = audio_features.new_empty(n, h, state // h, t)
@@ -110,7 +118,7 @@ class CpuInference(Inference):
         for r in range(n):
             row = audio_features[r : r + 1]
             key = self._heads(attn.key(row))[0]
-            k[r] = key if self.cross_bf16 else key.transpose(-1, -2)
+            k[r] = key if self.bf16_step else key.transpose(-1, -2)
             v[r] = self._heads(attn.value(row))[0]
         return k, v
 
@@ -127,7 +135,7 @@ class CpuInference(Inference):
         return attn.out(a.permute(0, 2, 1, 3).flatten(start_dim=2))
 
     def _cross_attention(self, i: int, attn: Any, x: torch.Tensor) -> torch.Tensor:
-        if self.cross_bf16:
+        if self.bf16_step:
             return self._cross_attention_bf16(i, attn, x)
         q = self._heads(attn.query(x)) * (self.cross[i][0][0].shape[-2] ** -0.5)
         out = []
@@ -250,10 +258,10 @@ class ShrinkingDecodingTask(DecodingTask):
     windows), each row's own length; the rows are padded to the longest, and the padding is
     masked out of cross-attention. Only the CPU step masks, so only it takes padded rows."""
 
-    def __init__(self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *, cross_bf16: bool = False) -> None:
+    def __init__(self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *, bf16_step: bool = False) -> None:
         super().__init__(model, options)
         if next(model.parameters()).device.type == "cpu" and self.n_group == 1:
-            self.inference = CpuInference(model, frames, cross_bf16=cross_bf16)
+            self.inference = CpuInference(model, frames, bf16_step=bf16_step)
         elif frames is not None and len(set(frames)) > 1:
             raise ValueError("rows of different lengths need the CPU greedy step, which masks their padding")
 
@@ -337,9 +345,9 @@ class ShrinkingDecodingTask(DecodingTask):
 
 @torch.no_grad()
 def decode(
-    model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None, *, cross_bf16: bool = False
+    model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None, *, bf16_step: bool = False
 ) -> list[DecodingResult]:
     """``whisper.decode`` for a batch of audio features, finished items leaving the batch.
     ``frames``: each row's own number of audio frames, when rows are padded (CPU only).
-    ``cross_bf16``: the CPU step keeps cross-attention keys and values in bfloat16."""
-    return ShrinkingDecodingTask(model, options, frames, cross_bf16=cross_bf16).run(features)
+    ``bf16_step``: the CPU step keeps cross-attention keys and values in bfloat16."""
+    return ShrinkingDecodingTask(model, options, frames, bf16_step=bf16_step).run(features)

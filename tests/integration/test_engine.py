@@ -103,21 +103,21 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
     assert speech.wer(reference, _text(results)) < 0.15
 
 
-@pytest.mark.parametrize("cross_bf16", [False, True], ids=["fp32 keys", "bf16 keys"])
-def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, cross_bf16):
+@pytest.mark.parametrize("bf16_step", [False, True], ids=["fp32 step", "bf16 step"])
+def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
     """Windows of different lengths decoded in one padded batch give each the tokens it gets
     alone, unpadded: the padding changes nothing. The batch is given out of length order and
     splits into groups of like lengths, whose rows end at different steps and leave. The
     engine sorts a batch before its spectrograms and gives the results back in its order.
-    Both layouts of the cross-attention keys and values: fp32 products with an additive mask,
-    and bfloat16 read by the fused attention with a boolean one."""
+    Both token steps: fp32 keys and values in two products with an additive mask, and
+    bfloat16 ones read by the fused attention with a boolean mask."""
     import torch
 
     from daemon.engines import shrinking
 
     chunks, _ = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    fit.cross_bf16 = cross_bf16
+    fit.bf16_step = bf16_step
     windows = [
         chunks[0].audio,
         speech.read(NAMES[1])[: 3 * SAMPLE_RATE],
@@ -134,16 +134,16 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, cross_bf16):
     with torch.inference_mode():
         features = fit._encode(fit._mel(windows), frames)
         assert features.shape[1] == max(own)
-        together = shrinking.decode(fit.model, features, options, own, cross_bf16=cross_bf16)
+        together = shrinking.decode(fit.model, features, options, own, bf16_step=bf16_step)
         alone = [
-            shrinking.decode(fit.model, features[i : i + 1, :n], options, cross_bf16=cross_bf16)[0] for i, n in enumerate(own)
+            shrinking.decode(fit.model, features[i : i + 1, :n], options, bf16_step=bf16_step)[0] for i, n in enumerate(own)
         ]
         engine_order = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
     assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
     assert [r.tokens for r in together] == [r.tokens for r in alone]
     assert [r.tokens for r in engine_order] == [r.tokens for r in alone]
     # bfloat16 attention outputs round differently when a row is read in longer blocks
-    tolerance = 1e-3 if cross_bf16 else 1e-4
+    tolerance = 1e-3 if bf16_step else 1e-4
     for a, b in zip(together, alone):
         assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=tolerance)
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=tolerance)
@@ -405,11 +405,14 @@ def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk
     encoder_types = {p.dtype for p in bf16.model.encoder.parameters()}
     assert encoder_types == ({torch.bfloat16, torch.float32} if native else {torch.float32})  # layer norms stay fp32
     assert {p.dtype for p in bf16.model.decoder.parameters()} == {torch.float32}
-    assert bf16.cross_bf16 == native  # and the token step keeps cross-attention keys and values in bfloat16
+    assert bf16.bf16_step == native  # the token step reads keys, values and the vocabulary in bfloat16
+    if native:
+        assert bf16.model.vocabulary_bf16.dtype == torch.bfloat16
+        assert "vocabulary_bf16" not in bf16.model.state_dict()
     results = bf16.transcribe(chunks, language="en", task="transcribe")
     _check_times(chunks, results)
     fp32 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8)
-    assert not fp32.cross_bf16
+    assert not fp32.bf16_step
     fp32_wer = speech.wer(reference, _text(fp32.transcribe(chunks, language="en", task="transcribe")))
     bf16_wer = speech.wer(reference, _text(results))
     assert bf16_wer < 0.15 and bf16_wer <= fp32_wer + 0.02
