@@ -203,6 +203,7 @@ class Bench:
             else:
                 where, when = wd.freeze(WORK / "frozen"), "taken now"
             self.say(f"whisperd runs from a copy of daemon/ {when} ({where}), code {wd.code_fingerprint()}")
+        wd.compile_daemon()
         self.out["daemon_code"] = {"fingerprint": wd.code_fingerprint(), "frozen": bool(self.args.freeze),
                                    "git_head": _git_head()}
         if self.resumed_code and self.resumed_code.get("fingerprint") == wd.code_fingerprint():

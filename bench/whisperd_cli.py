@@ -62,6 +62,16 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())", *args]
 
 
+def compile_daemon() -> None:
+    """Byte-compile the daemon's source as it will run (frozen copy or working tree), as an
+    installed package is: with ``PYTHONDONTWRITEBYTECODE`` set, an editable install would
+    otherwise compile every module again in each process it starts, which the baselines,
+    imported from site-packages, never do."""
+    import compileall
+
+    compileall.compile_dir(str((_frozen or REPO) / "daemon"), quiet=1)
+
+
 def code_fingerprint() -> str:
     """A short hash of the daemon's source as it will run now (frozen copy or working tree)."""
     root = (_frozen or REPO) / "daemon"
