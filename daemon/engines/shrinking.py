@@ -349,5 +349,5 @@ def decode(
 ) -> list[DecodingResult]:
     """``whisper.decode`` for a batch of audio features, finished items leaving the batch.
     ``frames``: each row's own number of audio frames, when rows are padded (CPU only).
-    ``bf16_step``: the CPU step keeps cross-attention keys and values in bfloat16."""
+    ``bf16_step``: the CPU step reads cross-attention keys and values and the vocabulary in bfloat16."""
     return ShrinkingDecodingTask(model, options, frames, bf16_step=bf16_step).run(features)
