@@ -201,15 +201,10 @@ def _padding_mask(frames: list[int] | None, width: int, dtype: torch.dtype) -> t
     or, as ``torch.bool``, True on a row's frames (what the fused attention takes)."""
     if frames is None or all(n >= width for n in frames):
         return None
+    own = (torch.arange(width) < torch.tensor(frames)[:, None]).view(len(frames), 1, 1, width)
     if dtype == torch.bool:
-        mask = torch.ones(len(frames), 1, 1, width, dtype=torch.bool)
-        for row, n in enumerate(frames):
-            mask[row, ..., n:] = False
-        return mask
-    mask = torch.zeros(len(frames), 1, 1, width, dtype=dtype)
-    for row, n in enumerate(frames):
-        mask[row, ..., n:] = float("-inf")
-    return mask
+        return own
+    return torch.zeros(own.shape, dtype=dtype).masked_fill_(~own, float("-inf"))
 
 
 def _starts(groups: list[int]) -> list[int]:
