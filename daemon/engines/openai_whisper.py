@@ -13,7 +13,7 @@ import numpy as np
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.loader import SHORT_SPIN, cpu_has_bf16, pick_device, pick_precision
-from daemon.engines.threads import FreeCores
+from daemon.engines.threads import FreeCores, reading
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class OpenAIWhisperEngine:
         cache_dir: Path | None = None,
         fit_windows: bool = False,
     ) -> None:
+        load_began = reading()  # before torch loads: the first batch's thread count looks back this far
         import torch
 
         from daemon.engines.models import load_checkpoint
@@ -114,7 +115,7 @@ class OpenAIWhisperEngine:
         self.decode_threads = torch.get_num_threads() if SHORT_SPIN else 1
         self.threads = torch.get_num_threads()
         # threads: 0 lets the number follow the load, as long as idle threads give their cores up
-        self.free_cores = FreeCores(self.threads) if threads <= 0 and SHORT_SPIN else None
+        self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and SHORT_SPIN else None
         self._last_threads = self.threads
         self.beam_size = beam_size if beam_size and beam_size > 1 else None
         device = pick_device(device)

@@ -5,7 +5,7 @@ one of two cores busy, the thread that shares its core runs at half speed and ho
 one back: measured on 2 cores with a busy loop on one, whisperd took 2.0-2.3× as long as on
 a quiet machine with two threads throughout, 1.35× when it counts the loop's core out. So
 before each batch the engine asks how busy the other programs kept the CPU since the last
-batch (or since the model loaded), and uses the cores they left. The text does not depend
+batch (or since the model began to load), and uses the cores they left. The text does not depend
 on the number of threads (checked on 5.5 minutes of speech: 1 and 2 give the same segments).
 """
 
@@ -34,6 +34,19 @@ def _own_seconds() -> float:
     return t.user + t.system
 
 
+Reading = tuple[float, float, float]  # (clock, CPU seconds of all programs, CPU seconds of this process)
+
+
+def reading(
+    *, busy: Callable[[], float] = _busy_seconds, own: Callable[[], float] = _own_seconds,
+    clock: Callable[[], float] = time.monotonic,
+) -> Reading:
+    """Where the counters stand now: taken when the model begins to load, so that the first
+    batch (a few seconds later, often the only one) is decided on what other programs did
+    meanwhile instead of on the default."""
+    return clock(), busy(), own()
+
+
 class FreeCores:
     """Called before each batch: the number of threads to use, from 1 to ``cores``."""
 
@@ -44,13 +57,13 @@ class FreeCores:
         busy: Callable[[], float] = _busy_seconds,
         own: Callable[[], float] = _own_seconds,
         clock: Callable[[], float] = time.monotonic,
+        since: Reading | None = None,
     ) -> None:
         self.cores = max(1, cores)
         self.busy, self.own, self.clock = busy, own, clock
         self.threads = self.cores
-        # the first reading is taken now, so that the first batch (often the only one) already
-        # sees the load of the seconds the model took to load
-        self._last: tuple[float, float, float] | None = (clock(), busy(), own())
+        # the first reading: ``since`` (see ``reading``), else now
+        self._last: Reading | None = since or reading(busy=busy, own=own, clock=clock)
 
     def __call__(self) -> int:
         now, busy, own = self.clock(), self.busy(), self.own()

@@ -1,6 +1,6 @@
 """Threads follow the load: the cores other programs keep busy are left to them."""
 
-from daemon.engines.threads import FreeCores, _busy_seconds, _own_seconds
+from daemon.engines.threads import FreeCores, _busy_seconds, _own_seconds, reading
 
 
 class World:
@@ -15,8 +15,11 @@ class World:
         self.own += ours * seconds
         self.busy += (ours + others) * seconds
 
-    def cores(self, n: int) -> FreeCores:
-        return FreeCores(n, busy=lambda: self.busy, own=lambda: self.own, clock=lambda: self.now)
+    def reading(self):
+        return reading(busy=lambda: self.busy, own=lambda: self.own, clock=lambda: self.now)
+
+    def cores(self, n: int, since=None) -> FreeCores:
+        return FreeCores(n, busy=lambda: self.busy, own=lambda: self.own, clock=lambda: self.now, since=since)
 
 
 def test_all_cores_while_nothing_else_runs():
@@ -36,6 +39,18 @@ def test_a_busy_program_on_one_core_takes_it_and_gives_it_back():
     assert free() == 1
     w.run(5, ours=1.0, others=0.0)  # gone
     assert free() == 2
+
+
+def test_the_first_batch_looks_back_to_when_the_model_began_to_load():
+    # The engine is built at the end of the load (torch's import comes first) and its first
+    # batch follows within a second: a reading from that moment alone is too recent to tell.
+    w = World()
+    began = w.reading()
+    w.run(1.5, ours=1.0, others=1.0)  # torch and the model load; a busy program on the other core
+    free, blind = w.cores(2, since=began), w.cores(2)
+    w.run(0.5, ours=1.0, others=1.0)  # the first chunks are decoded
+    assert blind() == 2  # too soon to tell: both cores, one of them shared with the busy program
+    assert free() == 1
 
 
 def test_light_background_work_takes_no_core():
