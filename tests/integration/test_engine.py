@@ -436,7 +436,7 @@ def test_pick_precision():
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ({}, "True 3000 1 -"),
+        ({}, "True 30000 1 -"),
         ({"OMP_WAIT_POLICY": "ACTIVE"}, "False - - ACTIVE"),
         ({"OMP_WAIT_POLICY": "PASSIVE"}, "True - - PASSIVE"),
     ],
