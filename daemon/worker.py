@@ -194,6 +194,9 @@ class Worker:
                         break
                     chunks += run.take(1)
                     used += share
+                    # encoded now, while the next chunks are still being cut (a long file's
+                    # read-ahead), instead of after the batch is complete
+                    self._engine().prepare(chunks[-1], run.language)
             except Exception as exc:
                 self._drop(run, exc)
                 continue

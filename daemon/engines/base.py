@@ -39,6 +39,11 @@ class Engine(Protocol):
         """
         ...
 
+    def prepare(self, chunk: Chunk, language: str | None) -> None:
+        """Do what can be done for ``chunk`` before its batch is complete (the encoder's part,
+        say), so that ``transcribe`` has less left; or nothing. Never raises."""
+        ...
+
     def share(self, seconds: float, language: str | None) -> float:
         """What a chunk of ``seconds`` counts for against ``batch_size``: 1 for a full 30 s
         window, less where the engine fits shorter windows to short chunks."""

@@ -106,6 +106,9 @@ class FasterWhisperEngine:
             results.append(ChunkResult(chunk.index, chunk.start, chunk.end, tuple(segments), info.language))
         return results
 
+    def prepare(self, chunk: Chunk, language: str | None) -> None:
+        pass  # CTranslate2 encodes and decodes in one call
+
     def share(self, seconds: float, language: str | None) -> float:
         return 1.0  # every chunk is a full window here
 

@@ -152,6 +152,8 @@ class OpenAIWhisperEngine:
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
+        # features that ``prepare`` computed ahead, for the next ``transcribe`` (CPU, fit windows)
+        self._early: dict[tuple[int, int], tuple[np.ndarray, int, Any]] = {}
 
     @staticmethod
     def _to_mps(model: Any) -> tuple[str, Any]:
@@ -312,6 +314,26 @@ class OpenAIWhisperEngine:
             return torch.cat([self._encode_batch(part) for part in mel.split(CPU_ENCODER_BATCH)])
         return self._encode_batch(mel)
 
+    def _features(self, windows: Sequence[np.ndarray], frames: list[int]) -> Any:
+        """``_encode`` of the windows' mels (CPU), taking the windows ``prepare`` encoded ahead
+        from there; the mels of the others are let go once encoded."""
+        import torch
+
+        early = {}
+        for i, window in enumerate(windows):
+            hit = self._early.pop(_window_key(window), None)
+            if hit is not None and hit[1] == frames[i]:
+                early[i] = hit[2]
+        if not early:
+            return self._encode(self._mel(windows), frames)
+        rest = [i for i in range(len(windows)) if i not in early]
+        if rest:
+            encoded = self._encode(self._mel([windows[i] for i in rest]), [frames[i] for i in rest])
+            early.update((i, encoded[j : j + 1, : frames[i] // 2]) for j, i in enumerate(rest))
+        parts = [early[i] for i in range(len(windows))]
+        width = max(p.shape[1] for p in parts)
+        return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
+
     def _encode_batch(self, mel: Any) -> Any:
         import torch
 
@@ -323,10 +345,39 @@ class OpenAIWhisperEngine:
             x = _encode_short(self.model.encoder, x)
         return x.float() if precision == "bf16" else x
 
+    def prepare(self, chunk: Chunk, language: str | None) -> None:
+        """Encode ``chunk`` now, for the batch it is about to join: while the worker waits for
+        the batch's next chunks (a long file is still being decoded and cut), the encoder's
+        work is done instead of after. On the CPU with fit windows only, where each window is
+        encoded alone anyway (the features are the same either way); elsewhere, and when the
+        language is to be detected, it does nothing. Best effort: a failure here leaves the
+        work to ``transcribe``, which reports it."""
+        if not self.model.is_multilingual:
+            language = "en"
+        if not self.fit_windows or language is None or self.info.device != "cpu":
+            return
+        import torch
+
+        frames = self._window_frames(len(chunk.audio) / SAMPLE_RATE, language)
+        n = self.free_cores() if self.free_cores is not None else self.threads
+        try:
+            with torch.inference_mode(), _torch_threads(n):
+                features = self._encode(self._mel([chunk.audio]), [frames])
+        except Exception as exc:  # noqa: BLE001 - the batch encodes it again, and reports what fails there
+            log.debug("encoding ahead failed (%s); the batch will encode it", exc, extra={"action": "transcribe"})
+            return
+        self._early[_window_key(chunk.audio)] = (chunk.audio, frames, features)
+
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         """Each chunk is one window (30 s, or fitted to a short chunk), batched. Where the model stops with speech left
         (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
         decoded again, batched with the other chunks' rests."""
+        try:
+            return self._transcribe(chunks, language=language, task=task)
+        finally:
+            self._early.clear()  # what was prepared and not used (a window cut shorter, say) goes
+
+    def _transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         if not chunks:
             return []
         if not self.model.is_multilingual:
@@ -386,7 +437,6 @@ class OpenAIWhisperEngine:
         if self.info.device != "cpu":
             features = self._encode(self._mel(windows), frames)
             return self._decode_with_fallback(features, language, task, feature_frames)
-        mel = self._mel(windows)
         # as many threads as other programs leave cores free (model.threads: 0), else as configured
         n = self.free_cores() if self.free_cores is not None else self.threads
         if n != self._last_threads:
@@ -394,8 +444,7 @@ class OpenAIWhisperEngine:
                      "using all %d of %d cores", n, self.threads, extra={"action": "transcribe"})
             self._last_threads = n
         with _torch_threads(n):
-            features = self._encode(mel, frames)
-        del mel
+            features = self._features(windows, frames)
         with _torch_threads(min(n, self.decode_threads)):
             return self._decode_with_fallback(features, language, task, feature_frames)
 
@@ -416,6 +465,12 @@ class OpenAIWhisperEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing a cache is best effort
             pass
+
+
+def _window_key(audio: np.ndarray) -> tuple[int, int]:
+    """Which samples a window holds: where they start in memory, and how many. A chunk's
+    audio and the window ``transcribe`` cuts from its start share both."""
+    return audio.__array_interface__["data"][0], len(audio)
 
 
 def _encode_short(encoder: Any, mel: Any) -> Any:

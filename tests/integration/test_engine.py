@@ -103,6 +103,30 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
     assert speech.wer(reference, _text(results)) < 0.15
 
 
+def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint, engine, talk):
+    chunks, _ = talk
+    fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
+    encoded: list[int] = []  # mel frames of each window the encoder takes
+    real = fit._encode_batch
+    fit._encode_batch = lambda mel: encoded.append(mel.shape[-1]) or real(mel)
+    plain = fit.transcribe(chunks, language="en", task="transcribe")
+    in_batch = len(encoded)
+    encoded.clear()
+    for chunk in chunks[:2]:
+        fit.prepare(chunk, "en")
+    assert len(encoded) == 2
+    ahead = fit.transcribe(chunks, language="en", task="transcribe")
+    assert ahead == plain
+    assert len(encoded) == in_batch  # the two prepared windows were not encoded a second time
+    assert not fit._early
+    fit.prepare(chunks[-1], "en")  # prepared, but its batch is cut differently: let go with the next batch
+    fit.transcribe(chunks[:1], language="en", task="transcribe")
+    assert not fit._early
+    engine.prepare(chunks[0], "en")  # full 30 s windows: nothing to do ahead
+    assert not engine._early
+    fit.close()
+
+
 @pytest.mark.parametrize("bf16_step", [False, True], ids=["fp32 step", "bf16 step"])
 def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
     """Windows of different lengths decoded in one padded batch give each the tokens it gets
