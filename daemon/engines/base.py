@@ -1,5 +1,9 @@
 """One small Engine interface. Backends live beside this file; nothing above
-this package sees a torch tensor, a whisper result or a CTranslate2 object."""
+this package sees a torch tensor, a whisper result or a CTranslate2 object.
+
+``loader.load_engine`` is the one place that picks a backend from ``model.engine``. Another
+backend (mlx-whisper on Apple silicon, say) is a module here implementing ``Engine`` and one
+more name there."""
 
 from __future__ import annotations
 
