@@ -30,10 +30,6 @@ SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives
 MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
 MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
 MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
-# On a CPU the encoder is compute-bound and a batch gains nothing: its activations only grow
-# out of the caches (measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights).
-# The features come out bit for bit the same either way.
-CPU_ENCODER_BATCH = 1
 MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 10 frames, more than the 2.5 a frame spans
 # Fit windows (``fit_windows``): a chunk shorter than 30 s is encoded in a window cut to its
 # length plus this much, at least FIT_MIN_SECONDS; the encoder's cost falls with it (a 3 s memo
@@ -298,41 +294,30 @@ class OpenAIWhisperEngine:
                 break
         return results
 
-    def _encode(self, mel: Any, frames: list[int] | None = None) -> Any:
-        """Audio features for a batch of mels, computed once per batch: temperature
-        fallbacks reuse them. On the CPU the encoder takes one window at a time (see
-        ``CPU_ENCODER_BATCH``); a GPU takes the whole batch. With ``frames`` (fit windows,
-        CPU only) each window is encoded from its first ``frames[i]`` mel frames, and the
-        features are padded with zeros to the longest."""
-        import torch
+    def _features(self, windows: Sequence[np.ndarray], frames: list[int] | None = None) -> Any:
+        """Audio features for a batch of windows, computed once per batch: temperature
+        fallbacks reuse them. A GPU encodes the whole batch at once. On a CPU the encoder takes
+        one window at a time: it is compute-bound there and a batch gains nothing, its
+        activations only growing out of the caches (measured on 2 cores: 0.152 s per window one
+        at a time, 0.178 s in eights; the features come out bit for bit the same). Each window
+        is encoded from its first ``frames[i]`` mel frames (fit windows; all 3,000 without
+        ``frames``), the features padded with zeros to the longest, and a window ``prepare``
+        encoded ahead is taken from there."""
+        from whisper.audio import N_FRAMES
 
-        if frames is not None and min(frames) < mel.shape[-1]:
-            parts = [self._encode_batch(mel[i : i + 1, :, :n]) for i, n in enumerate(frames)]
-            width = max(p.shape[1] for p in parts)
-            return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
-        if self.info.device == "cpu" and mel.shape[0] > CPU_ENCODER_BATCH:
-            return torch.cat([self._encode_batch(part) for part in mel.split(CPU_ENCODER_BATCH)])
-        return self._encode_batch(mel)
-
-    def _features(self, windows: Sequence[np.ndarray], frames: list[int]) -> Any:
-        """``_encode`` of the windows' mels (CPU), taking the windows ``prepare`` encoded ahead
-        from there; the mels of the others are let go once encoded."""
-        import torch
-
-        early = {}
-        for i, window in enumerate(windows):
+        if self.info.device != "cpu":
+            return self._encode_batch(self._mel(windows))
+        frames = frames or [N_FRAMES] * len(windows)
+        parts = []
+        for window, n in zip(windows, frames):
             hit = self._early.pop(_window_key(window), None)
-            if hit is not None and hit[1] == frames[i]:
-                early[i] = hit[2]
-        if not early:
-            return self._encode(self._mel(windows), frames)
-        rest = [i for i in range(len(windows)) if i not in early]
+            parts.append(hit[2] if hit is not None and hit[1] == n else None)
+        rest = [i for i, p in enumerate(parts) if p is None]
         if rest:
-            encoded = self._encode(self._mel([windows[i] for i in rest]), [frames[i] for i in rest])
-            early.update((i, encoded[j : j + 1, : frames[i] // 2]) for j, i in enumerate(rest))
-        parts = [early[i] for i in range(len(windows))]
-        width = max(p.shape[1] for p in parts)
-        return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
+            mel = self._mel([windows[i] for i in rest])
+            for j, i in enumerate(rest):
+                parts[i] = self._encode_batch(mel[j : j + 1, :, : frames[i]])
+        return _padded(parts)
 
     def _encode_batch(self, mel: Any) -> Any:
         import torch
@@ -362,7 +347,7 @@ class OpenAIWhisperEngine:
         n = self.free_cores() if self.free_cores is not None else self.threads
         try:
             with torch.inference_mode(), _torch_threads(n):
-                features = self._encode(self._mel([chunk.audio]), [frames])
+                features = self._encode_batch(self._mel([chunk.audio])[:, :, :frames])
         except Exception as exc:  # noqa: BLE001 - the batch encodes it again, and reports what fails there
             log.debug("encoding ahead failed (%s); the batch will encode it", exc, extra={"action": "transcribe"})
             return
@@ -435,7 +420,7 @@ class OpenAIWhisperEngine:
         (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
-            features = self._encode(self._mel(windows), frames)
+            features = self._features(windows, frames)
             return self._decode_with_fallback(features, language, task, feature_frames)
         # as many threads as other programs leave cores free (model.threads: 0), else as configured
         n = self.free_cores() if self.free_cores is not None else self.threads
@@ -465,6 +450,14 @@ class OpenAIWhisperEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing a cache is best effort
             pass
+
+
+def _padded(parts: list[Any]) -> Any:
+    """Windows' features, one tensor each, padded with zeros to the longest and stacked."""
+    import torch
+
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
 
 
 def _window_key(audio: np.ndarray) -> tuple[int, int]:

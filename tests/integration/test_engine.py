@@ -156,7 +156,7 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
     assert len(shrinking.length_groups(sorted(own))) >= 2  # the short rows do not read the long ones' padding
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
-        features = fit._encode(fit._mel(windows), frames)
+        features = fit._features(windows, frames)
         assert features.shape[1] == max(own)
         together = shrinking.decode(fit.model, features, options, own, bf16_step=bf16_step)
         alone = [
@@ -270,7 +270,7 @@ def test_sampling_fallback_decodes_a_batch_reproducibly(engine):
 
     short = [Chunk(i, 0.0, 4.0, speech.read(n)) for i, n in enumerate(["ls_1988-24833-0000.flac", "ls_3752-4944-0002.flac"])]
     with torch.inference_mode(), _torch_threads(1):
-        features = engine._encode(engine._mel([c.audio for c in short]))
+        features = engine._features([c.audio for c in short])
         first = engine._decode(features, 0.4, "en", "transcribe")
         again = engine._decode(features, 0.4, "en", "transcribe")
     assert len(first) == 2
@@ -401,7 +401,7 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     windows = [c.audio for c in chunks] + [speech.read(NAMES[1])[: 2 * SAMPLE_RATE], np.zeros(SAMPLE_RATE, np.float32)]
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
-        features = engine._encode(engine._mel(windows))
+        features = engine._features(windows)
         task = shrinking.ShrinkingDecodingTask(engine.model, options)
         assert isinstance(task.inference, shrinking.CpuInference)
         if step == "whisper":
