@@ -165,8 +165,7 @@ class Worker:
         from newly claimed jobs. A short chunk may count for less than a window
         (``Engine.share``), so a batch holds more voice memos than long-file chunks."""
         size = self.config.model.batch_size
-        if self.engine is None:
-            self._open_while_loading(perm, size)
+        self._open_ahead(perm, size)
         batch: list[tuple[JobRun, list[audio.Chunk]]] = []
         key = None
         used = 0.0
@@ -205,14 +204,17 @@ class Worker:
                 batch.append((run, chunks))
         return batch
 
-    def _open_while_loading(self, perm: Permission, size: int) -> None:
-        """While the model loads in its own thread, open the first jobs: their files are
-        probed, decoded and cut at pauses (in each run's read-ahead thread) meanwhile, instead
-        of one by one after it, while the model waits. At most a batch of full windows' worth
-        of audio, so that memory stays bounded whatever the files' lengths."""
-        audio_s = sum(r.duration or 0.0 for r in self.runs)
-        while audio_s < size * audio.MAX_CHUNK_SECONDS and len(self.runs) < MAX_OPEN:
-            if self._loading is not None and self._loading.done():
+    def _open_ahead(self, perm: Permission, size: int) -> None:
+        """Open the next jobs before the batch wants their chunks: their files are probed,
+        decoded and cut at pauses in each run's read-ahead thread, all at once, while the
+        model loads or encodes the chunks already taken, instead of one file after another
+        as the batch fills. At most a batch of full windows' worth of audio not yet taken,
+        so that memory stays bounded whatever the files' lengths."""
+        audio_s = sum(r.duration or audio.MAX_CHUNK_SECONDS for r in self.runs if not r.exhausted)
+        loading = self.engine is None
+        limit = MAX_OPEN if loading else self._open_limit(size, None)
+        while audio_s < size * audio.MAX_CHUNK_SECONDS and len(self.runs) < limit:
+            if loading and self._loading is not None and self._loading.done():
                 return
             claimed, run = self._claim(perm)
             if not claimed:
@@ -223,7 +225,7 @@ class Worker:
     def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
         """How many jobs may be open at once: a batch's worth of the shortest chunks. The
         shares come from the model, so before it has loaded this is MAX_RUNS (the jobs opened
-        while it loads are bounded by ``_open_while_loading``)."""
+        while it loads are bounded by ``_open_ahead``)."""
         if self.engine is None:
             return MAX_RUNS
         shortest = self.engine.share(0.0, None if key is None else key[0])

@@ -88,6 +88,42 @@ def test_the_first_files_are_opened_while_the_model_loads(setup):
     assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
 
 
+class _Watched:
+    """The real engine; each ``prepare`` (a chunk joining the batch) notes how many jobs the
+    worker has open at that moment."""
+
+    def __init__(self, engine, worker_of):
+        self._engine, self._worker_of, self.open_at_prepare = engine, worker_of, []
+
+    def prepare(self, chunk, language):
+        self.open_at_prepare.append(len(self._worker_of().runs))
+        return self._engine.prepare(chunk, language)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def test_with_the_model_loaded_the_waiting_files_are_opened_together(setup):
+    """Files waiting for a warm worker are opened at once, so that each one's read-ahead
+    decodes and cuts it while the chunks before it are encoded, not one file after another."""
+    cfg, queue, root, cache = setup
+    holder: list[Worker] = []
+    watched: list[_Watched] = []
+
+    def factory():
+        watched.append(_Watched(load_engine(cfg.model, Path(cache)), lambda: holder[0]))
+        return watched[0]
+
+    worker = worker_for(cfg, queue, factory)
+    holder.append(worker)
+    worker._engine()  # loaded before any job is claimed, as in a daemon that has worked before
+    drain(worker, queue)
+    assert watched[0].open_at_prepare[0] == len(CLIPS), watched[0].open_at_prepare
+    assert queue.counts()[State.DONE.value] == len(CLIPS)
+    for name in CLIPS:
+        assert len((root / "outbox" / f"{Path(name).stem}.txt").read_text().split()) > 5
+
+
 def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup):
     cfg, queue, root, cache = setup
     calls: list[int] = []
