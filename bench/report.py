@@ -7,6 +7,7 @@ from typing import Any
 FW_DEFAULT = "int8 beam5"  # faster-whisper with its own defaults: the per-file baseline of the targets
 WER_SLACK = 0.005  # a setting may be called best only if its WER is within 0.5 points of the default's
 MARGIN = 0.03  # ... and it is more than 3% faster than the default (smaller differences are timing noise)
+WARM = ", model loaded"  # variant suffix: the backlog dropped into a running daemon whose model is loaded
 
 
 def _key(r: dict[str, Any]) -> tuple[str, str, str]:
@@ -32,7 +33,8 @@ def compare(runs: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
         stock = find(runs, r["workload"], baseline, r["condition"])
         if stock is not None:
             r["vs_stock_speed"] = stock["work_s"] / r["work_s"]
-            r["vs_stock_e2e"] = stock["wall_s"] / r["wall_s"]
+            # a warm run's wall time starts at the drop; the baseline's includes its import and load
+            r["vs_stock_e2e"] = None if r["variant"].endswith(WARM) else stock["wall_s"] / r["wall_s"]
             r["wer_delta_pp"] = (r["wer"]["wer"] - stock["wer"]["wer"]) * 100
         if r["condition"] == "shared":
             quiet = find(runs, r["workload"], r["engine"], "quiet", r["variant"])
@@ -124,23 +126,32 @@ def targets(out: dict[str, Any], default: Any) -> list[dict[str, Any]]:
     def add(name: str, label: str, value: float | None, goal: str, met: bool | None, detail: str) -> None:
         res.append({"target": name, "whisperd_settings": label, "value": value, "goal": goal, "met": met, "detail": detail})
 
-    for label in labels:
+    # A twice: the backlog found at start-up (the model's import and load inside whisperd's work
+    # time, not inside the baselines'), and dropped into a running daemon whose model is loaded
+    a_runs = [(label, "at start-up, model load included", False) for label in labels]
+    a_runs.append((default.label + WARM, "dropped into a running daemon, model loaded", True))
+    stock_a = find(runs, "A", "openai-whisper")
+    fw_a = find(runs, "A", "faster-whisper", variant=FW_DEFAULT)
+    for label, how, warm in a_runs:
         a = find(runs, "A", "whisperd", variant=label)
-        stock_a = find(runs, "A", "openai-whisper")
-        fw_a = find(runs, "A", "faster-whisper", variant=FW_DEFAULT)
+
+        def wall(base: dict[str, Any]) -> str:
+            # a warm run's wall time starts at the drop, the baselines' at their process start
+            if warm:
+                return f"dropped to last transcript {a['wall_s']:.1f} s"
+            return f"{base['wall_s'] / a['wall_s']:.2f}x process start to exit"
+
         if a and stock_a:
             r = stock_a["work_s"] / a["work_s"]
-            e2e = stock_a["wall_s"] / a["wall_s"]
             dw = (a["wer"]["wer"] - stock_a["wer"]["wer"]) * 100
-            add("A: short-file backlog vs stock openai-whisper per file", label, r, ">= 4x", r >= 4,
-                f"{r:.2f}x on work time ({e2e:.2f}x process start to exit); WER {dw:+.2f} points vs stock")
+            add(f"A: short-file backlog {how}, vs stock openai-whisper per file", label, r, ">= 4x", r >= 4,
+                f"{r:.2f}x on work time ({wall(stock_a)}); WER {dw:+.2f} points vs stock")
         if a and fw_a:
             r = fw_a["work_s"] / a["work_s"]
-            e2e = fw_a["wall_s"] / a["wall_s"]
             wer_ok = a["wer"]["wer"] <= fw_a["wer"]["wer"]
-            add("A: short-file backlog vs faster-whisper per file, equal or better WER", label, r, ">= 1.3x and WER <=",
-                r >= 1.3 and wer_ok,
-                f"{r:.2f}x on work time ({e2e:.2f}x end to end); WER {a['wer']['wer'] * 100:.2f}% vs "
+            add(f"A: short-file backlog {how}, vs faster-whisper per file, equal or better WER", label, r,
+                ">= 1.3x and WER <=", r >= 1.3 and wer_ok,
+                f"{r:.2f}x on work time ({wall(fw_a)}); WER {a['wer']['wer'] * 100:.2f}% vs "
                 f"{fw_a['wer']['wer'] * 100:.2f}% (faster-whisper beam 5)")
             fastest = max((r2 for r2 in runs if r2["workload"] == "A" and r2["engine"].startswith("faster-whisper")
                            and r2["condition"] == "quiet" and r2.get("work_s")), key=lambda r2: r2["speed"], default=None)
@@ -150,6 +161,7 @@ def targets(out: dict[str, Any], default: Any) -> list[dict[str, Any]]:
                     r3 >= 1.3 and a["wer"]["wer"] <= fastest["wer"]["wer"],
                     f"{r3:.2f}x vs {fastest['engine']} [{fastest['variant']}]; WER {a['wer']['wer'] * 100:.2f}% vs "
                     f"{fastest['wer']['wer'] * 100:.2f}%")
+    for label in labels:
         for key in ("B", "C"):
             w = find(runs, key, "whisperd", variant=label)
             stock = find(runs, key, "openai-whisper")
@@ -225,9 +237,10 @@ def print_all(out: dict[str, Any]) -> None:
     runs = out["runs"]
     default_label = next((r["variant"] for r in runs if r["engine"] == "whisperd"), None)
     best = out.get("best_whisperd_settings") or {}
-    shown_whisperd = {default_label, best.get("label")}
+    shown_whisperd = {default_label, best.get("label"), f"{default_label}{WARM}"}
 
-    t = Table(title="Engines (work: model loaded, first file to last transcript; e2e: process start to exit)",
+    t = Table(title="Engines (work: model loaded, first file to last transcript; e2e: process start to exit; "
+                    f"whisperd [..{WARM}]: the files dropped into a running daemon, e2e from the drop)",
               show_lines=False, header_style="bold")
     for col in ("load", "engine", "settings", "wall s", "overhead s", "work s", "speed×", "speed× e2e", "vs stock",
                 "vs stock e2e", "WER %", "ΔWER pp", "peak RSS MB", "others' load"):

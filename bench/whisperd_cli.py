@@ -3,8 +3,9 @@
 Each run gets its own tree (inbox, outbox, archive, failed, state, a private
 HOME whose ``$XDG_STATE_HOME/whisperd/whisperd.log`` is the log) and a config
 built from config.example.yaml with a few keys changed. ``drain`` times
-``whisperd run --drain`` from process start to exit; ``overhead`` measures a
-running daemon: queue-to-start latency with a warm worker, idle CPU, and the
+``whisperd run --drain`` from process start to exit, a backlog found at
+start-up; ``drop_backlog`` times a backlog dropped into a running daemon whose
+model is already loaded; ``overhead`` measures a running daemon: queue-to-start latency with a warm worker, idle CPU, and the
 daemon's memory once its worker has exited.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench.procmon import MB, Finished, TreeMonitor, run_monitored
+from bench.procmon import MB, Finished, TreeMonitor, busy_cpu_seconds, own_cpu_seconds, run_monitored
 
 REPO = Path(__file__).resolve().parent.parent
 WHISPERD = str(Path(sys.executable).parent / "whisperd")
@@ -251,6 +252,71 @@ def drain(tree: Tree, *, timeout: float = 3600, extra_cpu: Any = None) -> dict[s
         result["stderr_tail"] = fin.stderr_tail(40)
     return result
 
+
+
+def drop_backlog(tree: Tree, files: list[Path], warmup: Path, *, timeout: float = 3600) -> dict[str, Any]:
+    """``files`` dropped at once into a running ``whisperd run`` whose model is loaded: the case
+    the stock baseline's per-file figure stands for (its ``work_s`` leaves the import and the
+    model load out). A first file, ``warmup``, is transcribed before, so that the worker is
+    started and its model loaded; then every file appears in the inbox within a few
+    milliseconds (each copied under a hidden name first, then renamed, as a finished copy
+    appears). ``work_s``: the backlog's first ``job.start`` to its last ``job.done``, as in
+    ``drain``; ``wall_s``: the drop to the last ``job.done``. Peak RSS and others' load cover
+    the backlog only."""
+    code = code_fingerprint()
+    daemon = RunningDaemon(tree)
+    result: dict[str, Any] = {"daemon_code": code}
+    try:
+        daemon.wait_for("service.start", timeout=60)
+        _drop(tree, warmup, f"warmup{warmup.suffix}")
+        daemon.wait_for("job.done", timeout=min(timeout, 600))
+        seen = len(daemon.lines)
+        staged = []
+        for f in files:
+            tmp = tree.inbox / f".{f.name}.incoming"
+            shutil.copy(f, tmp)
+            staged.append((tmp, tree.inbox / f.name))
+        proc = daemon.process()
+        monitor = TreeMonitor(proc.pid).start()
+        busy0, own0, tree0 = busy_cpu_seconds(), own_cpu_seconds(), _tree_cpu_seconds(proc)
+        t0 = time.time()
+        for tmp, final in staged:
+            os.rename(tmp, final)
+        try:
+            last = daemon.wait_for("job.done", n=1 + len(files), timeout=timeout)
+            result["timed_out"] = False
+        except RuntimeError:
+            last = time.time()
+            result["timed_out"] = True
+        wall = last - t0
+        tree1 = _tree_cpu_seconds(proc)
+        busy1, own1 = busy_cpu_seconds(), own_cpu_seconds()
+        rss = monitor.stop()
+        lines = daemon.lines[seen:]
+    finally:
+        result["returncode"] = daemon.stop()
+    cpu = sum(v - tree0.get(pid, 0.0) for pid, v in tree1.items())
+    starts = _stamps(lines, "job.start")
+    dones = _stamps(lines, "job.done")
+    status = tree.status()
+    failed = [{"name": j["name"], "error": j["error"]} for j in status.get("jobs", []) if j.get("state") == "failed"]
+    texts = outputs(tree)
+    texts.pop(f"warmup{warmup.suffix}", None)
+    result.update({
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "foreign_cores": max(0.0, (busy1 - busy0) - cpu - (own1 - own0)) / wall if wall > 0 else 0.0,
+        "first_job_start_s": (starts[0] - t0) if starts else None,
+        "work_s": (max(dones) - min(starts)) if starts and dones and not result["timed_out"] else None,
+        "jobs_started": len(starts),
+        "jobs_done": len(dones),
+        "jobs_failed": failed,
+        "peak_rss_mb": rss.peak_rss / MB,
+        "peak_rss_by_process_mb": {k: v / MB for k, v in rss.peak_by_role.items()},
+        "texts": texts,
+        "log_problems": _problems(tree.log_path),
+    })
+    return result
 
 # --------------------------------------------------------------------------- a running daemon
 
