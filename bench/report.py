@@ -50,7 +50,8 @@ def sweep_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """whisperd's quiet runs on A and B, one row per setting that has both."""
     by: dict[str, dict[str, dict[str, Any]]] = {}
     for r in runs:
-        if r["engine"] == "whisperd" and r["condition"] == "quiet" and r["workload"] in ("A", "B") and r.get("work_s"):
+        if (r["engine"] == "whisperd" and r["condition"] == "quiet" and r["workload"] in ("A", "B") and r.get("work_s")
+                and not r["variant"].endswith(WARM)):
             by.setdefault(r["variant"], {})[r["workload"]] = r
     rows = []
     for label, w in by.items():
@@ -162,16 +163,18 @@ def targets(out: dict[str, Any], default: Any) -> list[dict[str, Any]]:
                     f"{r3:.2f}x vs {fastest['engine']} [{fastest['variant']}]; WER {a['wer']['wer'] * 100:.2f}% vs "
                     f"{fastest['wer']['wer'] * 100:.2f}%")
     for label in labels:
-        for key in ("B", "C"):
-            w = find(runs, key, "whisperd", variant=label)
+        for key, variant, how in (("B", label, ""), ("B", label + WARM, ", dropped into a running daemon, model loaded"),
+                                  ("C", label, "")):
+            w = find(runs, key, "whisperd", variant=variant)
             stock = find(runs, key, "openai-whisper")
             if w and stock:
                 r = stock["work_s"] / w["work_s"]
-                e2e = stock["wall_s"] / w["wall_s"]
+                wall = (f"dropped to last transcript {w['wall_s']:.1f} s" if variant.endswith(WARM)
+                        else f"{stock['wall_s'] / w['wall_s']:.2f}x end to end")
                 wer_ok = w["wer"]["wer"] <= stock["wer"]["wer"]
-                add(f"{key}: long recording vs stock openai-whisper, no worse WER", label, r, ">= 2.5x and WER <=",
+                add(f"{key}: long recording{how} vs stock openai-whisper, no worse WER", variant, r, ">= 2.5x and WER <=",
                     r >= 2.5 and wer_ok,
-                    f"{r:.2f}x on work time ({e2e:.2f}x end to end); WER {w['wer']['wer'] * 100:.2f}% vs "
+                    f"{r:.2f}x on work time ({wall}); WER {w['wer']['wer'] * 100:.2f}% vs "
                     f"{stock['wer']['wer'] * 100:.2f}%")
         shared = find(runs, "B", "whisperd", "shared", variant=label)
         if shared and shared.get("slowdown"):

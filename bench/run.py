@@ -396,13 +396,12 @@ class Bench:
         return Planned(w, "whisperd", variant, condition, go, settings)
 
     def all_engines(self, w: wl.Workload) -> None:
-        """Every engine on ``w``, their repeats in rounds (see ``measure_rounds``). On the backlog of
-        short files, whisperd twice: found at start-up (its model load inside the work time) and
-        dropped into a running daemon whose model is loaded (like the baselines' per-file time)."""
+        """Every engine on ``w``, their repeats in rounds (see ``measure_rounds``). whisperd twice:
+        its files found at start-up (its model's import and load inside its work time), and dropped
+        into a running daemon whose model is loaded (as the baselines' work time starts)."""
         plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in BASELINES]
         plans.append(self.whisperd_plan(w, DEFAULT))
-        if w.key == "A":
-            plans.append(self.whisperd_plan(w, DEFAULT, warm=True))
+        plans.append(self.whisperd_plan(w, DEFAULT, warm=True))
         self.measure_rounds(plans)
 
     # -- the stages -----------------------------------------------------------------
