@@ -41,6 +41,9 @@ FIT_MIN_SECONDS = 10.0
 # window shapes, not hundreds: each new shape leaves kernels and freed blocks of its own behind
 # (measured in the daemon, 60 min against 5 min: peak RSS 1.30x with any even length, 1.09x in 2 s steps).
 FIT_STEP_FRAMES = 200
+# windows of one length encoded together on a CPU in bf16 (measured on a 2-core Xeon with AMX, the
+# 60 memos' 64 windows: 1.06-1.09 s in fours against 1.45-1.61 s one by one; fp32: no faster)
+ENCODE_GROUP_BF16 = 4
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -150,6 +153,11 @@ class OpenAIWhisperEngine:
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
         # features that ``prepare`` computed ahead, for the next ``transcribe`` (CPU, fit windows)
         self._early: dict[tuple[int, int], tuple[np.ndarray, int, Any]] = {}
+        # on a CPU, windows of one length are encoded this many at a time: in bf16 the short
+        # windows' products are too small for the matrix units alone (see _features)
+        self.encode_group = ENCODE_GROUP_BF16 if precision == "bf16" else 1
+        # windows ``prepare`` took whose group is not complete yet: length -> [(key, audio, mel)]
+        self._waiting: dict[int, list[tuple[tuple[int, int], np.ndarray, Any]]] = {}
 
     @staticmethod
     def _to_mps(model: Any) -> tuple[str, Any]:
@@ -297,26 +305,46 @@ class OpenAIWhisperEngine:
     def _features(self, windows: Sequence[np.ndarray], frames: list[int] | None = None) -> Any:
         """Audio features for a batch of windows, computed once per batch: temperature
         fallbacks reuse them. A GPU encodes the whole batch at once. On a CPU the encoder takes
-        one window at a time: it is compute-bound there and a batch gains nothing, its
-        activations only growing out of the caches (measured on 2 cores: 0.152 s per window one
-        at a time, 0.178 s in eights; the features come out bit for bit the same). Each window
-        is encoded from its first ``frames[i]`` mel frames (fit windows; all 3,000 without
-        ``frames``), the features padded with zeros to the longest, and a window ``prepare``
-        encoded ahead is taken from there."""
+        windows of one length together, ``encode_group`` at a time (one in fp32: it is
+        compute-bound there and a batch gains nothing, its activations only growing out of the
+        caches; measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights, the
+        features bit for bit the same). Each window is encoded from its first ``frames[i]`` mel
+        frames (fit windows; all 3,000 without ``frames``), the features padded with zeros to the
+        longest. What ``prepare`` encoded ahead is taken from there, and the windows it left
+        waiting for their group are encoded with the rest, so that a window's group is the same
+        whether or not it was prepared."""
+        import torch
         from whisper.audio import N_FRAMES
 
         if self.info.device != "cpu":
             return self._encode_batch(self._mel(windows))
         frames = frames or [N_FRAMES] * len(windows)
-        parts = []
-        for window, n in zip(windows, frames):
-            hit = self._early.pop(_window_key(window), None)
-            parts.append(hit[2] if hit is not None and hit[1] == n else None)
-        rest = [i for i, p in enumerate(parts) if p is None]
-        if rest:
-            mel = self._mel([windows[i] for i in rest])
-            for j, i in enumerate(rest):
-                parts[i] = self._encode_batch(mel[j : j + 1, :, : frames[i]])
+        waiting = {key: (n, mel) for n, group in self._waiting.items() for key, _, mel in group}
+        self._waiting.clear()
+        parts: list[Any] = [None] * len(windows)
+        mels: list[Any] = [None] * len(windows)
+        for i, (window, n) in enumerate(zip(windows, frames)):
+            key = _window_key(window)
+            hit = self._early.pop(key, None)
+            if hit is not None and hit[1] == n:
+                parts[i] = hit[2]
+            elif key in waiting and waiting[key][0] == n:
+                mels[i] = waiting[key][1]
+        missing = [i for i in range(len(windows)) if parts[i] is None and mels[i] is None]
+        if missing:
+            mel = self._mel([windows[i] for i in missing])
+            for j, i in enumerate(missing):
+                mels[i] = mel[j : j + 1, :, : frames[i]]
+        by_length: dict[int, list[int]] = {}
+        for i in range(len(windows)):
+            if parts[i] is None:
+                by_length.setdefault(frames[i], []).append(i)
+        for same in by_length.values():
+            for g in range(0, len(same), self.encode_group):
+                group = same[g : g + self.encode_group]
+                features = self._encode_batch(torch.cat([mels[i] for i in group]))
+                for j, i in enumerate(group):
+                    parts[i] = features[j : j + 1]
         return _padded(parts)
 
     def _encode_batch(self, mel: Any) -> Any:
@@ -333,10 +361,11 @@ class OpenAIWhisperEngine:
     def prepare(self, chunk: Chunk, language: str | None) -> None:
         """Encode ``chunk`` now, for the batch it is about to join: while the worker waits for
         the batch's next chunks (a long file is still being decoded and cut), the encoder's
-        work is done instead of after. On the CPU with fit windows only, where each window is
-        encoded alone anyway (the features are the same either way); elsewhere, and when the
-        language is to be detected, it does nothing. Best effort: a failure here leaves the
-        work to ``transcribe``, which reports it."""
+        work is done instead of after. On the CPU with fit windows only, where windows are
+        encoded in small groups of one length anyway (the features are the same either way: a
+        window waits here until its group is complete, and ``transcribe`` encodes the groups
+        left incomplete); elsewhere, and when the language is to be detected, it does nothing.
+        Best effort: a failure here leaves the work to ``transcribe``, which reports it."""
         if not self.model.is_multilingual:
             language = "en"
         if not self.fit_windows or language is None or self.info.device != "cpu":
@@ -346,12 +375,20 @@ class OpenAIWhisperEngine:
         frames = self._window_frames(len(chunk.audio) / SAMPLE_RATE, language)
         n = self.free_cores() if self.free_cores is not None else self.threads
         try:
+            with torch.inference_mode():
+                mel = self._mel([chunk.audio])[:, :, :frames]
+            group = self._waiting.setdefault(frames, [])
+            group.append((_window_key(chunk.audio), chunk.audio, mel))
+            if len(group) < self.encode_group:
+                return
+            del self._waiting[frames]
             with torch.inference_mode(), _torch_threads(n):
-                features = self._encode_batch(self._mel([chunk.audio])[:, :, :frames])
+                features = self._encode_batch(torch.cat([m for _, _, m in group]))
         except Exception as exc:  # noqa: BLE001 - the batch encodes it again, and reports what fails there
             log.debug("encoding ahead failed (%s); the batch will encode it", exc, extra={"action": "transcribe"})
             return
-        self._early[_window_key(chunk.audio)] = (chunk.audio, frames, features)
+        for j, (key, audio, _) in enumerate(group):
+            self._early[key] = (audio, frames, features[j : j + 1])
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         """Each chunk is one window (30 s, or fitted to a short chunk), batched. Where the model stops with speech left
@@ -361,6 +398,7 @@ class OpenAIWhisperEngine:
             return self._transcribe(chunks, language=language, task=task)
         finally:
             self._early.clear()  # what was prepared and not used (a window cut shorter, say) goes
+            self._waiting.clear()
 
     def _transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         if not chunks:

@@ -103,27 +103,35 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
     assert speech.wer(reference, _text(results)) < 0.15
 
 
-def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint, engine, talk):
+@pytest.mark.parametrize("group", [1, 2], ids=["one window at a time", "windows of one length in twos"])
+def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint, engine, talk, group):
+    """Chunks prepared one by one as they join a batch (as the worker does) give the batch's
+    results unchanged, and no window is encoded twice. With windows encoded in groups of one
+    length (bf16 on a CPU), a prepared window waits for its group; the groups left incomplete
+    are encoded with the batch, each window in the same group as without preparing."""
     chunks, _ = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    encoded: list[int] = []  # mel frames of each window the encoder takes
+    fit.encode_group = group
+    encoded: list[int] = []  # windows the encoder takes, call by call
     real = fit._encode_batch
-    fit._encode_batch = lambda mel: encoded.append(mel.shape[-1]) or real(mel)
+    fit._encode_batch = lambda mel: encoded.append(mel.shape[0]) or real(mel)
     plain = fit.transcribe(chunks, language="en", task="transcribe")
-    in_batch = len(encoded)
+    in_batch = sum(encoded)
+    assert max(encoded) == group  # windows of one length did share a call
     encoded.clear()
-    for chunk in chunks[:2]:
+    for chunk in chunks:
         fit.prepare(chunk, "en")
-    assert len(encoded) == 2
+    ahead_of_time = sum(encoded)
+    assert ahead_of_time == len(chunks) if group == 1 else 0 < ahead_of_time < len(chunks)
     ahead = fit.transcribe(chunks, language="en", task="transcribe")
     assert ahead == plain
-    assert len(encoded) == in_batch  # the two prepared windows were not encoded a second time
-    assert not fit._early
+    assert sum(encoded) == in_batch  # the prepared windows were not encoded a second time
+    assert not fit._early and not fit._waiting
     fit.prepare(chunks[-1], "en")  # prepared, but its batch is cut differently: let go with the next batch
     fit.transcribe(chunks[:1], language="en", task="transcribe")
-    assert not fit._early
+    assert not fit._early and not fit._waiting
     engine.prepare(chunks[0], "en")  # full 30 s windows: nothing to do ahead
-    assert not engine._early
+    assert not engine._early and not engine._waiting
     fit.close()
 
 
