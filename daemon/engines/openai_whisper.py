@@ -41,9 +41,11 @@ FIT_MIN_SECONDS = 10.0
 # window shapes, not hundreds: each new shape leaves kernels and freed blocks of its own behind
 # (measured in the daemon, 60 min against 5 min: peak RSS 1.30x with any even length, 1.09x in 2 s steps).
 FIT_STEP_FRAMES = 200
-# windows of one length encoded together on a CPU in bf16 (measured on a 2-core Xeon with AMX, the
-# 60 memos' 64 windows: 1.06-1.09 s in fours against 1.45-1.61 s one by one; fp32: no faster)
-ENCODE_GROUP_BF16 = 4
+# On a CPU in bf16, short windows of one length are encoded together, up to this many mel frames
+# per call: four 10 s windows, two 20 s ones, a 30 s window alone. Measured on a 2-core Xeon with
+# AMX, the 60 memos' 64 windows: 1.06-1.09 s in fours against 1.45-1.61 s one by one; full windows
+# gain nothing in fours and their attention then holds four times the memory; fp32 gains nothing.
+ENCODE_GROUP_FRAMES = 4000
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -153,9 +155,9 @@ class OpenAIWhisperEngine:
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
         # features that ``prepare`` computed ahead, for the next ``transcribe`` (CPU, fit windows)
         self._early: dict[tuple[int, int], tuple[np.ndarray, int, Any]] = {}
-        # on a CPU, windows of one length are encoded this many at a time: in bf16 the short
-        # windows' products are too small for the matrix units alone (see _features)
-        self.encode_group = ENCODE_GROUP_BF16 if precision == "bf16" else 1
+        # on a CPU in bf16, short windows of one length are encoded several at a time: alone, their
+        # products are too small for the matrix units (see _features, ENCODE_GROUP_FRAMES)
+        self.encode_group_frames = ENCODE_GROUP_FRAMES if precision == "bf16" else 0
         # windows ``prepare`` took whose group is not complete yet: length -> [(key, audio, mel)]
         self._waiting: dict[int, list[tuple[tuple[int, int], np.ndarray, Any]]] = {}
 
@@ -305,7 +307,7 @@ class OpenAIWhisperEngine:
     def _features(self, windows: Sequence[np.ndarray], frames: list[int] | None = None) -> Any:
         """Audio features for a batch of windows, computed once per batch: temperature
         fallbacks reuse them. A GPU encodes the whole batch at once. On a CPU the encoder takes
-        windows of one length together, ``encode_group`` at a time (one in fp32: it is
+        short windows of one length together, ``_group_size`` at a time (one in fp32: it is
         compute-bound there and a batch gains nothing, its activations only growing out of the
         caches; measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights, the
         features bit for bit the same). Each window is encoded from its first ``frames[i]`` mel
@@ -339,13 +341,18 @@ class OpenAIWhisperEngine:
         for i in range(len(windows)):
             if parts[i] is None:
                 by_length.setdefault(frames[i], []).append(i)
-        for same in by_length.values():
-            for g in range(0, len(same), self.encode_group):
-                group = same[g : g + self.encode_group]
+        for n, same in by_length.items():
+            size = self._group_size(n)
+            for g in range(0, len(same), size):
+                group = same[g : g + size]
                 features = self._encode_batch(torch.cat([mels[i] for i in group]))
                 for j, i in enumerate(group):
                     parts[i] = features[j : j + 1]
         return _padded(parts)
+
+    def _group_size(self, frames: int) -> int:
+        """How many windows of ``frames`` mel frames are encoded in one call on a CPU."""
+        return max(1, self.encode_group_frames // frames)
 
     def _encode_batch(self, mel: Any) -> Any:
         import torch
@@ -379,7 +386,7 @@ class OpenAIWhisperEngine:
                 mel = self._mel([chunk.audio])[:, :, :frames]
             group = self._waiting.setdefault(frames, [])
             group.append((_window_key(chunk.audio), chunk.audio, mel))
-            if len(group) < self.encode_group:
+            if len(group) < self._group_size(frames):
                 return
             del self._waiting[frames]
             with torch.inference_mode(), _torch_threads(n):
