@@ -112,6 +112,14 @@ def best_settings(runs: list[dict[str, Any]], default: Any) -> dict[str, Any] | 
             "note": note}
 
 
+def _wall(run: dict[str, Any], base: dict[str, Any]) -> str:
+    """``run``'s wall time beside ``base``'s: a ratio, or for a warm run (whose wall time starts at
+    the drop, the baseline's at its process start) the seconds alone."""
+    if run["variant"].endswith(WARM):
+        return f"dropped to last transcript {run['wall_s']:.1f} s"
+    return f"{base['wall_s'] / run['wall_s']:.2f}x process start to exit"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -129,30 +137,23 @@ def targets(out: dict[str, Any], default: Any) -> list[dict[str, Any]]:
 
     # A twice: the backlog found at start-up (the model's import and load inside whisperd's work
     # time, not inside the baselines'), and dropped into a running daemon whose model is loaded
-    a_runs = [(label, "at start-up, model load included", False) for label in labels]
-    a_runs.append((default.label + WARM, "dropped into a running daemon, model loaded", True))
+    a_runs = [(label, "at start-up, model load included") for label in labels]
+    a_runs.append((default.label + WARM, "dropped into a running daemon, model loaded"))
     stock_a = find(runs, "A", "openai-whisper")
     fw_a = find(runs, "A", "faster-whisper", variant=FW_DEFAULT)
-    for label, how, warm in a_runs:
+    for label, how in a_runs:
         a = find(runs, "A", "whisperd", variant=label)
-
-        def wall(base: dict[str, Any]) -> str:
-            # a warm run's wall time starts at the drop, the baselines' at their process start
-            if warm:
-                return f"dropped to last transcript {a['wall_s']:.1f} s"
-            return f"{base['wall_s'] / a['wall_s']:.2f}x process start to exit"
-
         if a and stock_a:
             r = stock_a["work_s"] / a["work_s"]
             dw = (a["wer"]["wer"] - stock_a["wer"]["wer"]) * 100
             add(f"A: short-file backlog {how}, vs stock openai-whisper per file", label, r, ">= 4x", r >= 4,
-                f"{r:.2f}x on work time ({wall(stock_a)}); WER {dw:+.2f} points vs stock")
+                f"{r:.2f}x on work time ({_wall(a, stock_a)}); WER {dw:+.2f} points vs stock")
         if a and fw_a:
             r = fw_a["work_s"] / a["work_s"]
             wer_ok = a["wer"]["wer"] <= fw_a["wer"]["wer"]
             add(f"A: short-file backlog {how}, vs faster-whisper per file, equal or better WER", label, r,
                 ">= 1.3x and WER <=", r >= 1.3 and wer_ok,
-                f"{r:.2f}x on work time ({wall(fw_a)}); WER {a['wer']['wer'] * 100:.2f}% vs "
+                f"{r:.2f}x on work time ({_wall(a, fw_a)}); WER {a['wer']['wer'] * 100:.2f}% vs "
                 f"{fw_a['wer']['wer'] * 100:.2f}% (faster-whisper beam 5)")
             fastest = max((r2 for r2 in runs if r2["workload"] == "A" and r2["engine"].startswith("faster-whisper")
                            and r2["condition"] == "quiet" and r2.get("work_s")), key=lambda r2: r2["speed"], default=None)
@@ -169,12 +170,10 @@ def targets(out: dict[str, Any], default: Any) -> list[dict[str, Any]]:
             stock = find(runs, key, "openai-whisper")
             if w and stock:
                 r = stock["work_s"] / w["work_s"]
-                wall = (f"dropped to last transcript {w['wall_s']:.1f} s" if variant.endswith(WARM)
-                        else f"{stock['wall_s'] / w['wall_s']:.2f}x end to end")
                 wer_ok = w["wer"]["wer"] <= stock["wer"]["wer"]
                 add(f"{key}: long recording{how} vs stock openai-whisper, no worse WER", variant, r, ">= 2.5x and WER <=",
                     r >= 2.5 and wer_ok,
-                    f"{r:.2f}x on work time ({wall}); WER {w['wer']['wer'] * 100:.2f}% vs "
+                    f"{r:.2f}x on work time ({_wall(w, stock)}); WER {w['wer']['wer'] * 100:.2f}% vs "
                     f"{stock['wer']['wer'] * 100:.2f}%")
         shared = find(runs, "B", "whisperd", "shared", variant=label)
         if shared and shared.get("slowdown"):

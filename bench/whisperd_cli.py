@@ -5,8 +5,9 @@ HOME whose ``$XDG_STATE_HOME/whisperd/whisperd.log`` is the log) and a config
 built from config.example.yaml with a few keys changed. ``drain`` times
 ``whisperd run --drain`` from process start to exit, a backlog found at
 start-up; ``drop_backlog`` times a backlog dropped into a running daemon whose
-model is already loaded; ``overhead`` measures a running daemon: queue-to-start latency with a warm worker, idle CPU, and the
-daemon's memory once its worker has exited.
+model is already loaded; ``overhead`` measures a running daemon: queue-to-start
+latency with a warm worker, idle CPU, and the daemon's memory once its worker
+has exited.
 """
 
 from __future__ import annotations
@@ -225,9 +226,6 @@ def drain(tree: Tree, *, timeout: float = 3600, extra_cpu: Any = None) -> dict[s
     dones = _stamps(fin.lines, "job.done")
     worker = _stamps(fin.lines, "worker.start")
     loaded = _stamps(fin.lines, "model.load")
-    status = tree.status()
-    jobs = status.get("jobs", [])
-    failed = [{"name": j["name"], "error": j["error"]} for j in jobs if j.get("state") == "failed"]
     result: dict[str, Any] = {
         "returncode": fin.returncode,
         "daemon_code": code,
@@ -239,20 +237,26 @@ def drain(tree: Tree, *, timeout: float = 3600, extra_cpu: Any = None) -> dict[s
         "work_s": (max(dones) - min(starts)) if starts and dones else None,
         "model_load_s": (loaded[0] - worker[0]) if worker and loaded else None,
         "exit_s": (fin.started + fin.wall_s - max(dones)) if dones else None,
-        "jobs_started": len(starts),
-        "jobs_done": len(dones),
-        "jobs_failed": failed,
         "peak_rss_mb": fin.peak_rss_mb,
         "peak_rss_by_process_mb": {k: v / MB for k, v in fin.rss.peak_by_role.items()},
-        "texts": outputs(tree),
-        "log_problems": _problems(tree.log_path),
-        "engine": sorted({(j.get("model"), j.get("device"), j.get("precision")) for j in jobs if j.get("model")}),
+        **_jobs_and_outputs(tree, starts, dones),
     }
-    if fin.returncode != 0 or failed or not dones:
+    if fin.returncode != 0 or result["jobs_failed"] or not dones:
         result["stderr_tail"] = fin.stderr_tail(40)
     return result
 
 
+def _jobs_and_outputs(tree: Tree, starts: list[float], dones: list[float]) -> dict[str, Any]:
+    """What a run left behind: jobs started, done and failed, transcripts, log problems, engine."""
+    jobs = tree.status().get("jobs", [])
+    return {
+        "jobs_started": len(starts),
+        "jobs_done": len(dones),
+        "jobs_failed": [{"name": j["name"], "error": j["error"]} for j in jobs if j.get("state") == "failed"],
+        "texts": outputs(tree),
+        "log_problems": _problems(tree.log_path),
+        "engine": sorted({(j.get("model"), j.get("device"), j.get("precision")) for j in jobs if j.get("model")}),
+    }
 
 def drop_backlog(tree: Tree, files: list[Path], warmup: Path, *, timeout: float = 3600) -> dict[str, Any]:
     """``files`` dropped at once into a running ``whisperd run`` whose model is loaded: the case
@@ -298,25 +302,19 @@ def drop_backlog(tree: Tree, files: list[Path], warmup: Path, *, timeout: float 
     cpu = sum(v - tree0.get(pid, 0.0) for pid, v in tree1.items())
     starts = _stamps(lines, "job.start")
     dones = _stamps(lines, "job.done")
-    status = tree.status()
-    failed = [{"name": j["name"], "error": j["error"]} for j in status.get("jobs", []) if j.get("state") == "failed"]
-    texts = outputs(tree)
-    texts.pop(f"warmup{warmup.suffix}", None)
     result.update({
         "wall_s": wall,
         "cpu_s": cpu,
         "foreign_cores": max(0.0, (busy1 - busy0) - cpu - (own1 - own0)) / wall if wall > 0 else 0.0,
         "first_job_start_s": (starts[0] - t0) if starts else None,
         "work_s": (max(dones) - min(starts)) if starts and dones and not result["timed_out"] else None,
-        "jobs_started": len(starts),
-        "jobs_done": len(dones),
-        "jobs_failed": failed,
         "peak_rss_mb": rss.peak_rss / MB,
         "peak_rss_by_process_mb": {k: v / MB for k, v in rss.peak_by_role.items()},
-        "texts": texts,
-        "log_problems": _problems(tree.log_path),
+        **_jobs_and_outputs(tree, starts, dones),
     })
+    result["texts"].pop(f"warmup{warmup.suffix}", None)
     return result
+
 
 # --------------------------------------------------------------------------- a running daemon
 
