@@ -166,8 +166,10 @@ class _Link:
         while True:
             try:
                 msg = self.conn.recv()
-            except (EOFError, OSError):
-                self.stop.set()  # the daemon is gone: save our place and leave
+            except (EOFError, OSError, TypeError):
+                # EOFError, OSError: the daemon is gone, so save our place and leave. TypeError: the
+                # worker closed its end while this thread was inside recv (its handle became None).
+                self.stop.set()
                 self.wake.set()
                 return
             if isinstance(msg, Permission):

@@ -1,0 +1,38 @@
+"""The worker's end of its link to the daemon."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from daemon.procs import _Link
+
+
+class _BrokenConn:
+    """A connection whose ``recv`` fails as a real one does when its end is closed mid-call."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def recv(self) -> object:
+        raise self.exc
+
+    def send(self, msg: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("exc", [EOFError(), OSError("handle is closed"), TypeError("'NoneType' object cannot be interpreted as an integer")])
+def test_a_link_that_fails_stops_the_worker_without_a_traceback(exc: BaseException) -> None:
+    escaped: list[BaseException] = []
+    before = threading.excepthook
+    threading.excepthook = lambda args: escaped.append(args.exc_value)  # type: ignore[assignment]
+    try:
+        stop, wake = threading.Event(), threading.Event()
+        _Link(_BrokenConn(exc), stop, wake)  # type: ignore[arg-type]
+        assert stop.wait(5) and wake.wait(5)
+        for reader in [t for t in threading.enumerate() if t.name == "parent-link"]:
+            reader.join(5)
+    finally:
+        threading.excepthook = before
+    assert escaped == []
