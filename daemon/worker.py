@@ -116,6 +116,8 @@ class Worker:
             return False
         batch = self._fill(perm)
         if batch:
+            # the next batch's files are probed, decoded and cut while this one is transcribed
+            self._open_ahead(perm, self.config.model.batch_size)
             self._transcribe(batch)
         self._complete_finished()
         return bool(self.runs or batch)
@@ -207,13 +209,16 @@ class Worker:
     def _open_ahead(self, perm: Permission, size: int) -> None:
         """Open the next jobs before the batch wants their chunks: their files are probed,
         decoded and cut at pauses in each run's read-ahead thread, all at once, while the
-        model loads or encodes the chunks already taken, instead of one file after another
-        as the batch fills. At most a batch of full windows' worth of audio not yet taken,
-        so that memory stays bounded whatever the files' lengths."""
-        audio_s = sum(r.duration or audio.MAX_CHUNK_SECONDS for r in self.runs if not r.exhausted)
+        model loads, encodes the chunks already taken or transcribes the batch before, instead
+        of one file after another as the batch fills. At most a batch of full windows' worth of
+        audio not yet taken (the jobs whose chunks are all in a batch count for nothing), so
+        that memory stays bounded whatever the files' lengths."""
+        waiting = [r for r in self.runs if not r.exhausted]
+        audio_s = sum(r.duration or audio.MAX_CHUNK_SECONDS for r in waiting)
         loading = self.engine is None
         limit = MAX_OPEN if loading else self._open_limit(size, None)
-        while audio_s < size * audio.MAX_CHUNK_SECONDS and len(self.runs) < limit:
+        opened = len(waiting)
+        while audio_s < size * audio.MAX_CHUNK_SECONDS and opened < limit:
             if loading and self._loading is not None and self._loading.done():
                 return
             claimed, run = self._claim(perm)
@@ -221,6 +226,7 @@ class Worker:
                 return
             if run is not None:
                 audio_s += run.duration or audio.MAX_CHUNK_SECONDS
+                opened += 1
 
     def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
         """How many jobs may be open at once: a batch's worth of the shortest chunks. The

@@ -24,26 +24,32 @@ CLIPS = ["ls_1988-24833-0000.flac", "ls_1988-24833-0001.flac", "ls_3752-4944-000
 
 @pytest.fixture
 def setup(tmp_path, model_cache):
+    cfg, queue = _queued(tmp_path, model_cache, CLIPS, batch_size=8)
+    yield cfg, queue, tmp_path, model_cache
+    queue.close()
+
+
+def _queued(tmp_path, model_cache, clips, *, batch_size):
+    """A configuration for ``tmp_path`` and a queue holding ``clips``, copied into its inbox."""
     for d in ("inbox", "outbox", "archive", "failed", "state"):
         (tmp_path / d).mkdir()
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(
         f"database: sqlite:///{tmp_path}/state/queue.db\n"
-        f"model: {{name: tiny.en, cache_dir: {model_cache}, batch_size: 8}}\n"
+        f"model: {{name: tiny.en, cache_dir: {model_cache}, batch_size: {batch_size}}}\n"
         f"folders: [{{inbox: {tmp_path}/inbox, output: {tmp_path}/outbox, archive: {tmp_path}/archive, failed: {tmp_path}/failed}}]\n"
         "jobs: {retry_base_seconds: 60, max_attempts: 3}\n"
         "thermal: {source: none}\npower: {prevent_sleep: false}\nnotify: false\n"
     )
     cfg = config_mod.load(cfg_path, check_permissions=False)
     queue = Queue(cfg.database)
-    for name in CLIPS:
+    for name in clips:
         dest = tmp_path / "inbox" / name
         shutil.copy(speech.DATA / name, dest)
         st = dest.stat()
         queue.enqueue(folder=0, path=str(dest), rel=name, size=st.st_size, mtime=st.st_mtime,
                       content_hash=files.content_hash(dest), now=time.time())
-    yield cfg, queue, tmp_path, model_cache
-    queue.close()
+    return cfg, queue
 
 
 def worker_for(cfg, queue, factory) -> Worker:
@@ -122,6 +128,52 @@ def test_with_the_model_loaded_the_waiting_files_are_opened_together(setup):
     assert queue.counts()[State.DONE.value] == len(CLIPS)
     for name in CLIPS:
         assert len((root / "outbox" / f"{Path(name).stem}.txt").read_text().split()) > 5
+
+
+class _Batches:
+    """The real engine; each ``transcribe`` (a batch) notes the audio of the jobs the worker has
+    open and not yet taken whole, and how many jobs are still waiting in the queue."""
+
+    def __init__(self, engine, worker_of, queue):
+        self._engine, self._worker_of, self._queue, self.seen = engine, worker_of, queue, []
+
+    def transcribe(self, chunks, **kw):
+        waiting = [r for r in self._worker_of().runs if not r.exhausted]
+        self.seen.append((sum(r.duration for r in waiting), self._queue.claimable(time.time())))
+        return self._engine.transcribe(chunks, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+# 7.9, 10.5, 11.7, 13.3, 4.8 and 4.9 s. With batch_size 1 (a 30 s window's worth), the first batch
+# holds the first two; the files opened before it hold 30 s of audio, the two in it 18.4 s of that.
+NEXT_CLIPS = ["ls_1988-24833-0001.flac", "ls_2412-153948-0001.flac", "ls_2412-153948-0000.flac",
+              "ls_1272-141231-0002.flac", "ls_1221-135766-0002.wav", "ls_61-70968-0000.flac"]
+
+
+def test_while_a_batch_is_transcribed_the_next_batchs_files_are_open(tmp_path, model_cache):
+    """Once a batch is taken, files are opened again up to a batch's worth of audio not yet
+    taken, so that their read-ahead runs while the batch is transcribed, not after it."""
+    cfg, queue = _queued(tmp_path, model_cache, NEXT_CLIPS, batch_size=1)
+    holder: list[Worker] = []
+    watched: list[_Batches] = []
+
+    def factory():
+        watched.append(_Batches(load_engine(cfg.model, Path(model_cache)), lambda: holder[0], queue))
+        return watched[0]
+
+    try:
+        worker = worker_for(cfg, queue, factory)
+        holder.append(worker)
+        worker._engine()
+        drain(worker, queue)
+        assert len(watched[0].seen) > 2, watched[0].seen  # more than one batch, so there was a next one to open
+        for audio_s, queued in watched[0].seen:
+            assert audio_s >= 30 or queued == 0, watched[0].seen
+        assert queue.counts()[State.DONE.value] == len(NEXT_CLIPS)
+    finally:
+        queue.close()
 
 
 def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup):
