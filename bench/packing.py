@@ -161,12 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from daemon import audio
     from daemon.config import ModelConfig
     from daemon.engines.loader import load_engine
-    from daemon.engines.models import resolve_checkpoint
 
     w = wl.short_files(WORK / "audio", copies=a.copies)
-    cache = WORK / "models"
-    resolve_checkpoint("tiny.en", cache)  # converted once, as bench.run does
-    engine = load_engine(ModelConfig(), cache)
+    engine = load_engine(ModelConfig(), WORK / "models")  # converts tiny.en there the first time
     chunks = _chunks(w, audio.default_vad())
     variants: dict[str, Any] = {"batched chunks, fit windows (whisperd)": lambda: _batched(engine, chunks)}
     packs: dict[float, list[Pack]] = {}

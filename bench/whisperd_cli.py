@@ -258,6 +258,7 @@ def _jobs_and_outputs(tree: Tree, starts: list[float], dones: list[float]) -> di
         "engine": sorted({(j.get("model"), j.get("device"), j.get("precision")) for j in jobs if j.get("model")}),
     }
 
+
 def drop_backlog(tree: Tree, files: list[Path], warmup: Path, *, timeout: float = 3600) -> dict[str, Any]:
     """``files`` dropped at once into a running ``whisperd run`` whose model is loaded: the case
     the stock baseline's per-file figure stands for (its ``work_s`` leaves the import and the
