@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Callable
 
 from daemon import audio
@@ -26,7 +26,7 @@ from daemon.queue import Queue
 log = logging.getLogger("whisperd.worker")
 
 MAX_RUNS = 16  # jobs one worker keeps open at once when batching short files, at least
-MAX_OPEN = 64  # and at most, while the model loads
+LOAD_WAIT = 0.25  # seconds a step waits for the model to load before it returns (to check stop and pause)
 
 
 class Worker:
@@ -74,8 +74,7 @@ class Worker:
 
     def warm_up(self) -> None:
         """Start loading the model in a thread of its own, if it is neither loaded nor loading:
-        at the worker's start (it was started because work is waiting) and when a job opens.
-        The first files are opened meanwhile."""
+        at the worker's start (it was started because work is waiting) and when a job opens."""
         if self.engine is None and self._loading is None:
             self._loading = _load_in_thread(self.engine_factory)
 
@@ -114,6 +113,8 @@ class Worker:
         if perm.pause and self.runs:
             self._release_all(perm.reason or "paused")
             return False
+        if not self._model_ready():
+            return True
         batch = self._fill(perm)
         if batch:
             # the next batch's files are probed, decoded and cut while this one is transcribed
@@ -121,6 +122,23 @@ class Worker:
             self._transcribe(batch)
         self._complete_finished()
         return bool(self.runs or batch)
+
+    def _model_ready(self) -> bool:
+        """False while the model loads (after waiting a little for it): no file is claimed or
+        opened meanwhile. Importing torch is a second of Python holding its lock; the claims and
+        the read-ahead threads' decoding and voice detection, taking turns with it, stretched it
+        to two seconds and more and gained nothing overall. After the load they run beside the
+        encoder, which lets go of the lock. A failed load is left for the first job to meet
+        (``_fill``), which records it."""
+        loading = self._loading
+        if loading is None:
+            return True
+        if not loading.done():
+            wait([loading], timeout=LOAD_WAIT)
+            return False
+        if loading.exception() is None:
+            self._engine()
+        return True
 
     def _claim(self, perm: Permission) -> tuple[bool, JobRun | None]:
         """(whether a job was claimed, its run if it goes on to transcription)."""
@@ -209,18 +227,18 @@ class Worker:
     def _open_ahead(self, perm: Permission, size: int) -> None:
         """Open the next jobs before the batch wants their chunks: their files are probed,
         decoded and cut at pauses in each run's read-ahead thread, all at once, while the
-        model loads, encodes the chunks already taken or transcribes the batch before, instead
-        of one file after another as the batch fills. At most a batch of full windows' worth of
+        model encodes the chunks already taken or transcribes the batch before, instead of
+        one file after another as the batch fills. At most a batch of full windows' worth of
         audio not yet taken (the jobs whose chunks are all in a batch count for nothing), so
-        that memory stays bounded whatever the files' lengths."""
+        that memory stays bounded whatever the files' lengths. Nothing is opened ahead without
+        a model (its load failed: each job then meets the failure in ``_fill``)."""
+        if self.engine is None:
+            return
         waiting = [r for r in self.runs if not r.exhausted]
         audio_s = sum(r.duration or audio.MAX_CHUNK_SECONDS for r in waiting)
-        loading = self.engine is None
-        limit = MAX_OPEN if loading else self._open_limit(size, None)
+        limit = self._open_limit(size, None)
         opened = len(waiting)
         while audio_s < size * audio.MAX_CHUNK_SECONDS and opened < limit:
-            if loading and self._loading is not None and self._loading.done():
-                return
             claimed, run = self._claim(perm)
             if not claimed:
                 return
@@ -230,8 +248,7 @@ class Worker:
 
     def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
         """How many jobs may be open at once: a batch's worth of the shortest chunks. The
-        shares come from the model, so before it has loaded this is MAX_RUNS (the jobs opened
-        while it loads are bounded by ``_open_ahead``)."""
+        shares come from the model, so without one (its load failed) this is MAX_RUNS."""
         if self.engine is None:
             return MAX_RUNS
         shortest = self.engine.share(0.0, None if key is None else key[0])
@@ -313,7 +330,7 @@ class _CrashLoop(ModelError):
 
 def _load_in_thread(factory: Callable[[], Engine]) -> Future[Engine]:
     """The engine factory, run in a thread of its own: torch's import and the model's load
-    take a couple of seconds, which the worker spends opening its first files. The future
+    take a second or more, during which the worker's loop still answers a stop. The future
     holds the engine, or the error that the worker's thread raises again."""
     future: Future[Engine] = Future()
 

@@ -1,5 +1,6 @@
-"""The worker in-process, on a real queue, real files and the real model: how the model's
-load and the first files overlap, and what a model that cannot load does to the jobs."""
+"""The worker in-process, on a real queue, real files and the real model: when files are
+opened (after the model's load; the next batch's during a batch), and what a model that cannot
+load does to the jobs."""
 
 from __future__ import annotations
 
@@ -64,34 +65,61 @@ def drain(worker: Worker, queue: Queue, limit: int = 50) -> None:
     raise AssertionError("the worker did not finish its jobs")
 
 
-def test_the_first_files_are_opened_while_the_model_loads(setup):
+def test_no_file_is_claimed_or_opened_until_the_model_has_loaded(setup):
     cfg, queue, root, cache = setup
-    seen: list[int] = []
-    holder: list[Worker] = []
+    release = threading.Event()
 
     def factory():
-        # the load waits (up to a minute) until the worker has opened every file; a worker
-        # that opened files only after its model had loaded would make this wait run out
-        deadline = time.monotonic() + 60
-        while len(holder[0].runs) < len(CLIPS) and time.monotonic() < deadline:
-            threading.Event().wait(0.01)
-        seen.append(len(holder[0].runs))
+        # the load waits (up to a minute) for the test's signal, so the worker's steps meanwhile
+        # are seen while it is certainly still loading
+        release.wait(60)
         return load_engine(cfg.model, Path(cache))
 
     worker = worker_for(cfg, queue, factory)
-    holder.append(worker)
     worker.warm_up()
+    try:
+        for _ in range(3):
+            assert worker.step() is True  # busy loading: the loop comes straight back
+            assert not worker.runs
+            jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+            assert all(j is not None and j.state is State.QUEUED and not j.lease_owner for j in jobs), [(j.state, j.lease_owner) for j in jobs]
+    finally:
+        release.set()
     drain(worker, queue)
-    assert seen == [len(CLIPS)]
     assert queue.counts()[State.DONE.value] == len(CLIPS)
     for name in CLIPS:
         stem = Path(name).stem
         text = (root / "outbox" / f"{stem}.txt").read_text()
         assert len(text.split()) > 5, text
         assert (root / "archive" / name).exists()
-    # the model's facts reach the queue, though each job was opened before the model had loaded
     jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
     assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
+
+
+def test_a_model_that_fails_to_load_at_the_start_reaches_the_jobs_as_a_plain_reason(setup):
+    cfg, queue, root, cache = setup
+    calls: list[int] = []
+
+    def factory():
+        calls.append(1)
+        raise ModelError("The speech model tiny.en could not be loaded (test).")
+
+    worker = worker_for(cfg, queue, factory)
+    worker.warm_up()  # as a worker process starts
+
+    def jobs():
+        return [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+
+    for _ in range(20):  # each step waits at most LOAD_WAIT for the load
+        worker.step()
+        if all(j.error for j in jobs()):
+            break
+    jobs = jobs()
+    assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
+    assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
+    assert len(calls) == len(CLIPS)  # the first job met the failed start-up load; each later one tried again
+    assert sorted(p.name for p in (root / "inbox").iterdir()) == sorted(CLIPS)
+    assert not worker.runs
 
 
 class _Watched:
