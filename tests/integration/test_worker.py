@@ -96,32 +96,6 @@ def test_no_file_is_claimed_or_opened_until_the_model_has_loaded(setup):
     assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
 
 
-def test_a_model_that_fails_to_load_at_the_start_reaches_the_jobs_as_a_plain_reason(setup):
-    cfg, queue, root, cache = setup
-    calls: list[int] = []
-
-    def factory():
-        calls.append(1)
-        raise ModelError("The speech model tiny.en could not be loaded (test).")
-
-    worker = worker_for(cfg, queue, factory)
-    worker.warm_up()  # as a worker process starts
-
-    def jobs():
-        return [queue.get(i) for i in range(1, len(CLIPS) + 1)]
-
-    for _ in range(20):  # each step waits at most LOAD_WAIT for the load
-        worker.step()
-        if all(j.error for j in jobs()):
-            break
-    jobs = jobs()
-    assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
-    assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
-    assert len(calls) == len(CLIPS)  # the first job met the failed start-up load; each later one tried again
-    assert sorted(p.name for p in (root / "inbox").iterdir()) == sorted(CLIPS)
-    assert not worker.runs
-
-
 class _Watched:
     """The real engine; each ``prepare`` (a chunk joining the batch) notes how many jobs the
     worker has open at that moment."""
@@ -204,7 +178,8 @@ def test_while_a_batch_is_transcribed_the_next_batchs_files_are_open(tmp_path, m
         queue.close()
 
 
-def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup):
+@pytest.mark.parametrize("at_start", [True, False], ids=["loading from the worker's start", "loading at the first job"])
+def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup, at_start):
     cfg, queue, root, cache = setup
     calls: list[int] = []
 
@@ -213,7 +188,12 @@ def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(
         raise ModelError("The speech model tiny.en could not be loaded (test).")
 
     worker = worker_for(cfg, queue, factory)
-    worker.step()
+    if at_start:
+        worker.warm_up()  # as a worker process starts: the first job meets this load's failure
+    for _ in range(20):  # a step waits at most LOAD_WAIT for a load under way
+        worker.step()
+        if all(j.error for j in (queue.get(i) for i in range(1, len(CLIPS) + 1))):
+            break
     jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
     assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
     assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
