@@ -133,8 +133,7 @@ class Worker:
         loading = self._loading
         if loading is None:
             return True
-        if not loading.done():
-            wait([loading], timeout=LOAD_WAIT)
+        if not wait([loading], timeout=LOAD_WAIT).done:
             return False
         if loading.exception() is None:
             self._engine()

@@ -58,6 +58,11 @@ def worker_for(cfg, queue, factory) -> Worker:
                   stop=threading.Event(), wake=threading.Event())
 
 
+def jobs_of(queue: Queue) -> list:
+    """The jobs of ``setup``'s clips, in the order they were queued."""
+    return [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+
+
 def drain(worker: Worker, queue: Queue, limit: int = 50) -> None:
     for _ in range(limit):
         if not worker.step() and queue.pending() == 0:
@@ -81,7 +86,7 @@ def test_no_file_is_claimed_or_opened_until_the_model_has_loaded(setup):
         for _ in range(3):
             assert worker.step() is True  # busy loading: the loop comes straight back
             assert not worker.runs
-            jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+            jobs = jobs_of(queue)
             assert all(j is not None and j.state is State.QUEUED and not j.lease_owner for j in jobs), [(j.state, j.lease_owner) for j in jobs]
     finally:
         release.set()
@@ -92,7 +97,7 @@ def test_no_file_is_claimed_or_opened_until_the_model_has_loaded(setup):
         text = (root / "outbox" / f"{stem}.txt").read_text()
         assert len(text.split()) > 5, text
         assert (root / "archive" / name).exists()
-    jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+    jobs = jobs_of(queue)
     assert all(j is not None and j.model == "tiny.en" and j.device == "cpu" and j.duration for j in jobs)
 
 
@@ -192,9 +197,9 @@ def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(
         worker.warm_up()  # as a worker process starts: the first job meets this load's failure
     for _ in range(20):  # a step waits at most LOAD_WAIT for a load under way
         worker.step()
-        if all(j.error for j in (queue.get(i) for i in range(1, len(CLIPS) + 1))):
+        if all(j.error for j in jobs_of(queue)):
             break
-    jobs = [queue.get(i) for i in range(1, len(CLIPS) + 1)]
+    jobs = jobs_of(queue)
     assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
     assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
     # one failed load per job, as each job would meet it on its own: a later job tries again
