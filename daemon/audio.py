@@ -530,13 +530,22 @@ def iter_chunks(
     exact = container_format in _EXACT_SEEK
     windows = _SeekWindows(path) if exact else _StreamWindows(path, pos)
     index = first_index
+    # once a window reaches the end of the file, the windows after it are its own tail:
+    # cut from it instead of decoded again (a short file is then opened once, not twice)
+    tail: np.ndarray | None = None
+    tail_start = 0
     try:
         while True:
-            audio = windows.window(pos, width)
+            if tail is not None:
+                audio = tail[pos - tail_start :]
+            else:
+                audio = windows.window(pos, width)
             n = len(audio)
             if n == 0:
                 return
             eof = n < width
+            if eof and tail is None:
+                tail, tail_start = audio, pos
             plan = plan_window(vad.probabilities(audio), n, eof, max_chunk)
             if plan.end > plan.start:
                 yield Chunk(

@@ -199,6 +199,31 @@ def test_chunking_restarts_from_any_chunk_end(talk_files, vad, ext):
         assert _keys(rest) == _keys([x for x in chunks if x.index > c.index])
 
 
+@pytest.mark.parametrize("ext", ["flac", "m4a"])
+def test_a_file_shorter_than_a_window_is_decoded_once(tmp_path, monkeypatch, vad, ext):
+    # the window that reaches the end holds the rest of the file: later windows are cut from it
+    import daemon.audio as audio_mod
+
+    clip = speech.read("ls_3752-4944-0001.flac")  # 4.4 s
+    gap = np.zeros(6 * SR, np.float32)  # longer than a pause carried inside a chunk: two chunks, 15 s in all
+    path = speech.write(tmp_path / f"two.{ext}", np.concatenate([clip, gap, clip]))
+    real = audio_mod._decode
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audio_mod, "_decode", counting)
+    chunks = list(iter_chunks(path, vad=vad))
+    assert len(chunks) == 2
+    assert len(calls) == 1
+    # the same chunks as a run that starts again from the first chunk's end (and decodes afresh)
+    rest = list(iter_chunks(path, start_at=chunks[0].end, first_index=1, vad=vad))
+    assert _keys(rest) == _keys(chunks[1:])
+    assert len(calls) == 2
+
+
 def test_silence_gives_no_chunks(tmp_path, vad):
     rng = np.random.default_rng(0)
     hiss = (rng.standard_normal(10 * 60 * SR) * 1e-3).astype(np.float32)  # ten minutes of faint noise
