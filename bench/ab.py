@@ -4,7 +4,8 @@
 
 A variant is ``name=where``: ``.`` (a copy of this checkout's ``daemon/``, taken at the start),
 ``git:<revision>`` (``daemon/`` as committed there), or a folder that holds a ``daemon/``.
-``name=where@KEY=VALUE@...`` also sets environment variables for that variant's runs.
+``name=where@KEY=VALUE@...`` also sets environment variables for that variant's runs, and
+``@model.batch_size=32`` (or ``precision``, ``threads``, ``fit_windows``) a model setting.
 
 Each round runs every variant once per workload, in alternating order (so that a slow spell
 of the machine falls on all of them alike), as ``drop`` (the files dropped into a running
@@ -21,6 +22,7 @@ figures to quote come from ``make bench``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +32,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from bench import whisperd_cli as wd
 from bench import workloads as wl
@@ -44,6 +48,7 @@ class Variant:
     name: str
     folder: Path  # holds daemon/
     env: dict[str, str] = field(default_factory=dict)
+    settings: wd.Settings = wd.Settings()
 
 
 def parse_variant(spec: str, into: Path) -> Variant:
@@ -51,12 +56,20 @@ def parse_variant(spec: str, into: Path) -> Variant:
     name, sep, where = head.partition("=")
     if not sep or not name or not where:
         raise SystemExit(f"bench.ab: a variant is name=where, not {spec!r}")
-    env = {}
+    env: dict[str, str] = {}
+    model: dict[str, object] = {}
     for e in envs:
         key, sep, value = e.partition("=")
         if not sep:
             raise SystemExit(f"bench.ab: {e!r} in {spec!r} is not KEY=VALUE")
-        env[key] = value
+        if key.startswith("model."):
+            model[key[6:]] = yaml.safe_load(value)
+        else:
+            env[key] = value
+    try:
+        settings = dataclasses.replace(wd.Settings(), **model)
+    except TypeError as exc:
+        raise SystemExit(f"bench.ab: {spec!r}: {exc}") from None
     folder = into / name
     if folder.exists():
         shutil.rmtree(folder)
@@ -75,7 +88,7 @@ def parse_variant(spec: str, into: Path) -> Variant:
         if not (src / "daemon").is_dir():
             raise SystemExit(f"bench.ab: {src} holds no daemon/ folder")
         shutil.copytree(src / "daemon", folder / "daemon", ignore=shutil.ignore_patterns("__pycache__"))
-    return Variant(name, folder, env)
+    return Variant(name, folder, env, settings)
 
 
 def workload(key: str) -> wl.Workload:
@@ -95,10 +108,10 @@ def run_once(variant: Variant, w: wl.Workload, mode: str, cache: Path, root: Pat
     os.environ.update(variant.env)
     try:
         if mode == "drop":
-            tree = wd.make_tree(root, cache, wd.Settings())
+            tree = wd.make_tree(root, cache, variant.settings)
             out = wd.drop_backlog(tree, list(w.files), w.files[0])
         else:
-            tree = wd.make_tree(root, cache, wd.Settings(), list(w.files))
+            tree = wd.make_tree(root, cache, variant.settings, list(w.files))
             out = wd.drain(tree)
     finally:
         for k, v in saved.items():
