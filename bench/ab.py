@@ -109,7 +109,7 @@ def run_once(variant: Variant, w: wl.Workload, mode: str, cache: Path, root: Pat
     try:
         if mode == "drop":
             tree = wd.make_tree(root, cache, variant.settings)
-            out = wd.drop_backlog(tree, list(w.files), w.files[0])
+            out = wd.drop_backlog(tree, list(w.files), w.files[0])  # warmed up on its first file, as bench.run does
         else:
             tree = wd.make_tree(root, cache, variant.settings, list(w.files))
             out = wd.drain(tree)
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             times = [by[(v.name, r)]["work_s"] for r in range(args.rounds) if by[(v.name, r)]["work_s"]]
             ratios = [by[(v.name, r)]["work_s"] / by[(base, r)]["work_s"] for r in range(args.rounds)
                       if by[(v.name, r)]["work_s"] and by[(base, r)]["work_s"]]
+            if not times:
+                print(f"  {v.name:>10}: no run finished")
+                continue
             wers = sorted({round(100 * by[(v.name, r)]["wer"], 2) for r in range(args.rounds) if by[(v.name, r)]["wer"] is not None})
             print(f"  {v.name:>10}: work {', '.join(f'{t:.2f}' for t in sorted(times))} s; median {statistics.median(times):.2f} s; "
                   f"against {base} {statistics.median(ratios):.3f}; WER {', '.join(map(str, wers))}%")
