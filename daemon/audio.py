@@ -443,12 +443,24 @@ _EXACT_SEEK = {"wav", "w64", "flac", "ogg", "matroska,webm", "mov,mp4,m4a,3gp,3g
 
 
 class _SeekWindows:
-    """Each window decoded afresh from a seek: a window depends only on its position."""
+    """Each window decoded afresh from a seek: a window depends only on its position. Once a
+    window reaches the end of the file, the windows after it are cut from it instead (a short
+    file is then decoded once, not twice)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = path
+        self.tail: np.ndarray | None = None  # the window that reached the end of the file
+        self.tail_start = 0
 
     def window(self, pos: int, n: int) -> np.ndarray:
+        if self.tail is not None and pos >= self.tail_start:
+            return self.tail[pos - self.tail_start : pos - self.tail_start + n]
+        audio = self._decode(pos, n)
+        if len(audio) < n:
+            self.tail, self.tail_start = audio, pos
+        return audio
+
+    def _decode(self, pos: int, n: int) -> np.ndarray:
         pieces: list[np.ndarray] = []
         have = 0
         gen = _frames(self.path, pos, seek=True)
@@ -530,22 +542,13 @@ def iter_chunks(
     exact = container_format in _EXACT_SEEK
     windows = _SeekWindows(path) if exact else _StreamWindows(path, pos)
     index = first_index
-    # once a window reaches the end of the file, the windows after it are its own tail:
-    # cut from it instead of decoded again (a short file is then opened once, not twice)
-    tail: np.ndarray | None = None
-    tail_start = 0
     try:
         while True:
-            if tail is not None:
-                audio = tail[pos - tail_start :]
-            else:
-                audio = windows.window(pos, width)
+            audio = windows.window(pos, width)
             n = len(audio)
             if n == 0:
                 return
             eof = n < width
-            if eof and tail is None:
-                tail, tail_start = audio, pos
             plan = plan_window(vad.probabilities(audio), n, eof, max_chunk)
             if plan.end > plan.start:
                 yield Chunk(
