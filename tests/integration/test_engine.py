@@ -142,12 +142,15 @@ def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint,
 
 @pytest.mark.parametrize("bf16_step", [False, True], ids=["fp32 step", "bf16 step"])
 def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
-    """Windows of different lengths decoded in one padded batch give each the tokens it gets
-    alone, unpadded: the padding changes nothing. The batch is given out of length order and
-    splits into groups of like lengths, whose rows end at different steps and leave. The
-    engine sorts a batch before its spectrograms and gives the results back in its order.
-    Both token steps: fp32 keys and values in two products with an additive mask, and
-    bfloat16 ones read by the fused attention with a boolean mask."""
+    """Windows of different lengths decoded in one padded batch: what lies in the padding
+    changes no token and no score (it is masked), and each window gets the tokens it gets
+    alone, unpadded. The batch is given out of length order and splits into groups of like
+    lengths, whose rows end at different steps and leave. The engine sorts a batch before its
+    spectrograms and gives the results back in its order. Both token steps: fp32 keys and
+    values in two products with an additive mask, and bfloat16 ones read by the fused
+    attention with a boolean mask. In bfloat16 a row read in a longer block rounds otherwise
+    (on a CPU without AMX that turned "Somehow" into "somehow"), so there each window's
+    words, normalized, are held against its words alone."""
     import torch
 
     from daemon.engines import shrinking
@@ -172,18 +175,29 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
         features = fit._features(windows, frames)
         assert features.shape[1] == max(own)
         together = shrinking.decode(fit.model, features, options, own, bf16_step=bf16_step)
+        noise = features.clone()
+        for i, n in enumerate(own):
+            noise[i, n:] = torch.randn_like(noise[i, n:]) * 3
+        over_noise = shrinking.decode(fit.model, noise, options, own, bf16_step=bf16_step)
         alone = [
             shrinking.decode(fit.model, features[i : i + 1, :n], options, bf16_step=bf16_step)[0] for i, n in enumerate(own)
         ]
         engine_order = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
     assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
-    assert [r.tokens for r in together] == [r.tokens for r in alone]
-    assert [r.tokens for r in engine_order] == [r.tokens for r in alone]
-    # bfloat16 attention outputs round differently when a row is read in longer blocks
-    tolerance = 1e-3 if bf16_step else 1e-4
-    for a, b in zip(together, alone):
-        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=tolerance)
-        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=tolerance)
+    assert [r.tokens for r in over_noise] == [r.tokens for r in together]
+    assert [(r.avg_logprob, r.no_speech_prob) for r in over_noise] == [(r.avg_logprob, r.no_speech_prob) for r in together]
+    if not bf16_step:
+        assert [r.tokens for r in together] == [r.tokens for r in alone]
+        assert [r.tokens for r in engine_order] == [r.tokens for r in alone]
+        for a, b in zip(together, alone):
+            assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
+            assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
+    else:
+        from whisper.normalizers import EnglishTextNormalizer
+
+        norm = EnglishTextNormalizer()
+        assert [norm(r.text) for r in together] == [norm(r.text) for r in alone]
+        assert [norm(r.text) for r in engine_order] == [norm(r.text) for r in alone]
 
 
 def test_log_mel_windows_are_whispers_own_value_for_value(engine, talk):
