@@ -413,6 +413,54 @@ def test_rows_still_decoding_move_into_the_places_of_ended_ones():
     assert compact([T, T]) == []
 
 
+def _token_states(rng, tokenizer, sample_begin: int, rows: int, length: int):
+    """``rows`` token sequences as decoding leaves them: text, timestamps (some in pairs,
+    some opening a segment, never decreasing) and end-of-text, after ``sample_begin`` prompt tokens."""
+    import torch
+
+    begin, eot = tokenizer.timestamp_begin, tokenizer.eot
+    out = []
+    for _ in range(rows):
+        seq, time = [], int(rng.integers(0, 50))
+        for _ in range(length):
+            pick = rng.random()
+            if pick < 0.45:
+                seq.append(int(rng.integers(0, eot)))
+            elif pick < 0.9:
+                time += int(rng.integers(0, 40))
+                seq.append(begin + min(time, 1500))
+            else:
+                seq.append(eot)
+        out.append(list(tokenizer.sot_sequence_including_notimestamps[:sample_begin]) + seq)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 8, 40])
+def test_batched_timestamp_rules_mask_what_whispers_own_mask(engine, length):
+    """The rules applied to all rows at once against whisper's row-by-row loop, on logits
+    where timestamps and text compete (so that every rule changes something in some row)."""
+    import torch
+    from whisper.decoding import ApplyTimestampRules
+
+    from daemon.engines.shrinking import BatchTimestampRules
+
+    tokenizer = engine._tokenizer("en", "transcribe")
+    sample_begin = len(tokenizer.sot_sequence_including_notimestamps)
+    rng = np.random.default_rng(length)
+    changed = set()
+    for trial in range(20):
+        tokens = _token_states(rng, tokenizer, sample_begin, rows=12, length=length)
+        logits = torch.from_numpy(rng.normal(0, 3, (12, tokenizer.timestamp_begin + 1501)).astype(np.float32))
+        logits[:, tokenizer.timestamp_begin :] += float(rng.normal(0, 4))  # timestamps likelier in some trials
+        for initial in (1, None):
+            theirs, ours = logits.clone(), logits.clone()
+            ApplyTimestampRules(tokenizer, sample_begin, initial).apply(theirs, tokens)
+            BatchTimestampRules(tokenizer, sample_begin, initial).apply(ours, tokens)
+            assert torch.equal(ours, theirs), (length, trial, initial)
+            changed |= set(torch.isinf(theirs).sum(dim=1).tolist())
+    assert len(changed) >= 2  # the rows were masked in different ways
+
+
 @pytest.mark.parametrize("step", ["cpu", "whisper"])
 def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     """The shrinking loop against whisper.decode itself: windows of very different lengths (so
