@@ -4,7 +4,8 @@ SPEC is a JSON file: ``{"engine": ..., "files": [...], ...}``; OUT receives the
 transcripts and timings. Engines:
 
 - ``openai-whisper``: stock ``model.transcribe(audio, fp16=False)`` per file, greedy
-  default decoding, model loaded from the checkpoint whisperd itself resolves;
+  default decoding, model loaded from the checkpoint whisperd itself resolves (with
+  ``"device": "cuda"`` in the spec, on that GPU with transcribe's default ``fp16=True``);
 - ``faster-whisper``: ``WhisperModel(..., device="cpu", compute_type="int8").transcribe``
   per file, with its defaults (beam 5) or ``beam_size`` from the spec;
 - ``faster-whisper-batched``: its ``BatchedInferencePipeline`` with ``batch_size``.
@@ -47,12 +48,15 @@ def _openai_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
     import torch
     import whisper
 
-    model = whisper.load_model(spec["checkpoint"], device="cpu")
+    device = spec.get("device", "cpu")
+    fp16 = device != "cpu"  # transcribe's default, fp16=True, where a GPU runs it
+    model = whisper.load_model(spec["checkpoint"], device=device)
 
     def transcribe(audio: np.ndarray) -> str:
-        return model.transcribe(audio, fp16=False)["text"]
+        return model.transcribe(audio, fp16=fp16)["text"]
 
-    return transcribe, {"torch_threads": torch.get_num_threads(), "decoding": "greedy, temperature fallback (defaults)"}
+    return transcribe, {"torch_threads": torch.get_num_threads(), "device": device, "fp16": fp16,
+                        "decoding": "greedy, temperature fallback (defaults)"}
 
 
 def _faster_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:

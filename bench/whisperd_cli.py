@@ -95,15 +95,17 @@ class Settings:
     batch_size: int = 16
     threads: int = 0
     fit_windows: bool = True
+    device: str = "auto"  # config.example.yaml's: cuda, then mps, then cpu
 
     @property
     def label(self) -> str:
         threads = "auto" if self.threads == 0 else str(self.threads)
-        return f"{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
+        device = "" if self.device == "auto" else f"{self.device}/"
+        return f"{device}{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "batch_size": self.batch_size, "threads": self.threads,
-                "fit_windows": self.fit_windows}
+        return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size,
+                "threads": self.threads, "fit_windows": self.fit_windows}
 
 
 @dataclass
