@@ -69,6 +69,15 @@ def cpu_has_bf16(torch: Any = None) -> bool:
     return any(bool(c()) for c in checks if c is not None)
 
 
+def cpu_has_amx(torch: Any = None) -> bool:
+    """Whether this CPU has AMX tiles, whose bfloat16 products make the token step's bf16
+    reads pay (see ``OpenAIWhisperEngine``); AVX-512 BF16 alone makes them slower."""
+    if torch is None:
+        import torch
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def pick_device(
     requested: str,
     *,

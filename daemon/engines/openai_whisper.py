@@ -12,7 +12,7 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
-from daemon.engines.loader import SHORT_SPIN, cpu_has_bf16, pick_device, pick_precision
+from daemon.engines.loader import SHORT_SPIN, cpu_has_amx, cpu_has_bf16, pick_device, pick_precision
 from daemon.engines.threads import FreeCores, reading
 from daemon.jobs import Segment
 
@@ -146,8 +146,11 @@ class OpenAIWhisperEngine:
             model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
             log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
         self.model = model.eval()
-        # bf16: the CPU token step reads keys, values and the vocabulary in bfloat16 (see shrinking)
-        self.bf16_step = precision == "bf16"
+        # bf16: the CPU token step reads the vocabulary in bfloat16, and where AMX multiplies them
+        # the cross-attention keys and values too; with AVX-512 BF16 alone those are slower in
+        # bfloat16 than in fp32 (see shrinking)
+        self.bf16_vocabulary = precision == "bf16"
+        self.bf16_attention = self.bf16_vocabulary and cpu_has_amx()
         # the padding of fit windows is masked by the CPU's greedy token step only
         self.fit_windows = fit_windows and device == "cpu" and self.beam_size is None
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
@@ -283,7 +286,9 @@ class OpenAIWhisperEngine:
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
                     out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
             return out
-        return shrinking.decode(self.model, features, options, frames, bf16_step=self.bf16_step)
+        return shrinking.decode(
+            self.model, features, options, frames, bf16_vocabulary=self.bf16_vocabulary, bf16_attention=self.bf16_attention
+        )
 
     def _decode_with_fallback(self, features: Any, language: str | None, task: str, frames: list[int]) -> list[Any]:
         """Greedy (or beam) first; only the items whose text looks wrong are decoded

@@ -23,14 +23,18 @@ a few groups of like lengths (``length_groups``), each laid out only as long as 
 row; a 4 s memo batched with a 20 s one no longer reads the 20 s one's padding at every token
 (measured on 64 memo chunks at batch 32: the token loop 5.2 s → 3.2 s).
 
-With ``bf16_step`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the step reads
-its two largest things in bfloat16. The keys and values, keys laid out like the values, go to
-PyTorch's fused attention, which accumulates and takes the softmax in fp32: half the bytes per
-token, and half the batch's largest block of memory (9 MB per row instead of 18). The
+With ``bf16_vocabulary`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the
 vocabulary projection multiplies by a bf16 copy of the token embeddings (40 MB instead of 80
-read per step; the fp32 ones stay for the embedding lookup), accumulating in fp32. Measured on
-a 2-core Xeon with AMX, one step for 16 rows: cross-attention 1.1 ms against 1.6-1.8 ms for the
-two fp32 products, the vocabulary 1.8 ms against 4.6 ms.
+read per step; the fp32 ones stay for the embedding lookup), accumulating in fp32. With
+``bf16_attention`` as well (where the CPU has AMX) the cross-attention keys and values, keys
+laid out like the values, are bfloat16 and go to PyTorch's fused attention, which accumulates
+and takes the softmax in fp32: half the bytes per token, and half the batch's largest block of
+memory (9 MB per row instead of 18). Measured on a 2-core Xeon with AMX, one step for 16 rows:
+cross-attention 1.1 ms against 1.6-1.8 ms for the two fp32 products, the vocabulary 1.8 ms
+against 4.6 ms. On a 2-core AMD EPYC (Zen 4: AVX-512 BF16, no AMX) the fused bf16 attention is
+the slower one, and the vocabulary alone pays: daemon runs interleaved over 4 rounds, 60 memos
+in 10.2 s against 12.4 s with both and 11.2 s with neither, a 5.5-minute recording in 5.9 s
+against 7.8 s and 6.4 s.
 
 Only greedy decoding (one sequence per item) shrinks; beam search and sampling keep
 whisper's loop.
@@ -56,15 +60,17 @@ class CpuInference(Inference):
     """The text decoder's forward pass with caches of our own layout (see the module's text).
     For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
 
-    def __init__(self, model: Any, frames: list[int] | None = None, *, bf16_step: bool = False) -> None:
+    def __init__(
+        self, model: Any, frames: list[int] | None = None, *, bf16_vocabulary: bool = False, bf16_attention: bool = False
+    ) -> None:
         self.decoder = model.decoder
         self.linear = gemm.linear_of(model)  # the vocabulary projection, as the model's layers multiply
         self.n_head = model.dims.n_text_head
         self.frames = frames  # per row, how many audio frames are its own; the rest is padding, never attended
-        # bfloat16 for what a step reads most: cross-attention keys and values, and the vocabulary
-        self.bf16_step = bf16_step
+        # bfloat16 for what a step reads most: the vocabulary, and the cross-attention keys and values
+        self.bf16_attention = bf16_attention
         self.vocabulary: torch.Tensor | None = None
-        if bf16_step:
+        if bf16_vocabulary:
             self.vocabulary = getattr(model, "vocabulary_bf16", None)
             if self.vocabulary is None:
                 self.vocabulary = model.decoder.token_embedding.weight.to(torch.bfloat16)
@@ -85,7 +91,7 @@ class CpuInference(Inference):
             starts = _starts(self.groups)
             parts = [(audio_features[a : a + n, : max(frames[a : a + n])], frames[a : a + n]) for a, n in zip(starts, self.groups)]
             self.cross = [[self._lay_out(block.cross_attn, f) for f, _ in parts] for block in dec.blocks]
-            self.masks = [_padding_mask(own, f.shape[1], torch.bool if self.bf16_step else f.dtype) for f, own in parts]
+            self.masks = [_padding_mask(own, f.shape[1], torch.bool if self.bf16_attention else f.dtype) for f, own in parts]
             offset = 0
         else:
             offset = self.keys[0].shape[1]
@@ -110,7 +116,7 @@ class CpuInference(Inference):
         keeps memory of its own (kernels, freed blocks)."""
         n, t, state = audio_features.shape
         h = self.n_head
-        if self.bf16_step:
+        if self.bf16_attention:
             k = audio_features.new_empty(n, h, t, state // h, dtype=torch.bfloat16)
         else:
             k = audio_features.new_empty(n, h, state // h, t)
@@ -118,7 +124,7 @@ class CpuInference(Inference):
         for r in range(n):
             row = audio_features[r : r + 1]
             key = self._heads(attn.key(row))[0]
-            k[r] = key if self.bf16_step else key.transpose(-1, -2)
+            k[r] = key if self.bf16_attention else key.transpose(-1, -2)
             v[r] = self._heads(attn.value(row))[0]
         return k, v
 
@@ -135,7 +141,7 @@ class CpuInference(Inference):
         return attn.out(a.permute(0, 2, 1, 3).flatten(start_dim=2))
 
     def _cross_attention(self, i: int, attn: Any, x: torch.Tensor) -> torch.Tensor:
-        if self.bf16_step:
+        if self.bf16_attention:
             return self._cross_attention_bf16(i, attn, x)
         q = self._heads(attn.query(x)) * (self.cross[i][0][0].shape[-2] ** -0.5)
         out = []
@@ -296,7 +302,10 @@ class ShrinkingDecodingTask(DecodingTask):
     windows), each row's own length; the rows are padded to the longest, and the padding is
     masked out of cross-attention. Only the CPU step masks, so only it takes padded rows."""
 
-    def __init__(self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *, bf16_step: bool = False) -> None:
+    def __init__(
+        self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *,
+        bf16_vocabulary: bool = False, bf16_attention: bool = False,
+    ) -> None:
         super().__init__(model, options)
         self.logit_filters = [
             BatchTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index)
@@ -304,7 +313,7 @@ class ShrinkingDecodingTask(DecodingTask):
             for f in self.logit_filters
         ]
         if next(model.parameters()).device.type == "cpu" and self.n_group == 1:
-            self.inference = CpuInference(model, frames, bf16_step=bf16_step)
+            self.inference = CpuInference(model, frames, bf16_vocabulary=bf16_vocabulary, bf16_attention=bf16_attention)
         elif frames is not None and len(set(frames)) > 1:
             raise ValueError("rows of different lengths need the CPU greedy step, which masks their padding")
 
@@ -388,9 +397,13 @@ class ShrinkingDecodingTask(DecodingTask):
 
 @torch.no_grad()
 def decode(
-    model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None, *, bf16_step: bool = False
+    model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None, *,
+    bf16_vocabulary: bool = False, bf16_attention: bool = False,
 ) -> list[DecodingResult]:
     """``whisper.decode`` for a batch of audio features, finished items leaving the batch.
     ``frames``: each row's own number of audio frames, when rows are padded (CPU only).
-    ``bf16_step``: the CPU step reads cross-attention keys and values and the vocabulary in bfloat16."""
-    return ShrinkingDecodingTask(model, options, frames, bf16_step=bf16_step).run(features)
+    ``bf16_vocabulary``, ``bf16_attention``: the CPU step reads the vocabulary, and the
+    cross-attention keys and values, in bfloat16."""
+    return ShrinkingDecodingTask(
+        model, options, frames, bf16_vocabulary=bf16_vocabulary, bf16_attention=bf16_attention
+    ).run(features)

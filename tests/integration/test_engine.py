@@ -140,8 +140,12 @@ def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint,
     fit.close()
 
 
-@pytest.mark.parametrize("bf16_step", [False, True], ids=["fp32 step", "bf16 step"])
-def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
+@pytest.mark.parametrize(
+    "bf16_vocabulary, bf16_attention",
+    [(False, False), (True, False), (True, True)],
+    ids=["fp32 step", "bf16 vocabulary", "bf16 vocabulary and attention"],
+)
+def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_vocabulary, bf16_attention):
     """Windows of different lengths decoded in one padded batch: what lies in the padding
     changes no token and no score (it is masked), and each window gets the tokens it gets
     alone, unpadded. The batch is given out of length order and splits into groups of like
@@ -157,7 +161,8 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
 
     chunks, _ = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    fit.bf16_step = bf16_step
+    fit.bf16_vocabulary, fit.bf16_attention = bf16_vocabulary, bf16_attention
+    bf16 = {"bf16_vocabulary": bf16_vocabulary, "bf16_attention": bf16_attention}
     windows = [
         chunks[0].audio,
         speech.read(NAMES[1])[: 3 * SAMPLE_RATE],
@@ -174,19 +179,19 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_step):
     with torch.inference_mode():
         features = fit._features(windows, frames)
         assert features.shape[1] == max(own)
-        together = shrinking.decode(fit.model, features, options, own, bf16_step=bf16_step)
+        together = shrinking.decode(fit.model, features, options, own, **bf16)
         noise = features.clone()
         for i, n in enumerate(own):
             noise[i, n:] = torch.randn_like(noise[i, n:]) * 3
-        over_noise = shrinking.decode(fit.model, noise, options, own, bf16_step=bf16_step)
+        over_noise = shrinking.decode(fit.model, noise, options, own, **bf16)
         alone = [
-            shrinking.decode(fit.model, features[i : i + 1, :n], options, bf16_step=bf16_step)[0] for i, n in enumerate(own)
+            shrinking.decode(fit.model, features[i : i + 1, :n], options, **bf16)[0] for i, n in enumerate(own)
         ]
         engine_order = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
     assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
     assert [r.tokens for r in over_noise] == [r.tokens for r in together]
     assert [(r.avg_logprob, r.no_speech_prob) for r in over_noise] == [(r.avg_logprob, r.no_speech_prob) for r in together]
-    if not bf16_step:
+    if not bf16_vocabulary:
         assert [r.tokens for r in together] == [r.tokens for r in alone]
         assert [r.tokens for r in engine_order] == [r.tokens for r in alone]
         for a, b in zip(together, alone):
@@ -495,7 +500,7 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
 def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk):
     import torch
 
-    from daemon.engines.loader import cpu_has_bf16
+    from daemon.engines.loader import cpu_has_amx, cpu_has_bf16
 
     chunks, reference = talk
     bf16 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="bf16", batch_size=8)
@@ -504,14 +509,15 @@ def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk
     encoder_types = {p.dtype for p in bf16.model.encoder.parameters()}
     assert encoder_types == ({torch.bfloat16, torch.float32} if native else {torch.float32})  # layer norms stay fp32
     assert {p.dtype for p in bf16.model.decoder.parameters()} == {torch.float32}
-    assert bf16.bf16_step == native  # the token step reads keys, values and the vocabulary in bfloat16
+    assert bf16.bf16_vocabulary == native  # the token step reads the vocabulary in bfloat16
+    assert bf16.bf16_attention == (native and cpu_has_amx())  # and, with AMX, the keys and values
     if native:
         assert bf16.model.vocabulary_bf16.dtype == torch.bfloat16
         assert "vocabulary_bf16" not in bf16.model.state_dict()
     results = bf16.transcribe(chunks, language="en", task="transcribe")
     _check_times(chunks, results)
     fp32 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8)
-    assert not fp32.bf16_step
+    assert not fp32.bf16_vocabulary and not fp32.bf16_attention
     fp32_wer = speech.wer(reference, _text(fp32.transcribe(chunks, language="en", task="transcribe")))
     bf16_wer = speech.wer(reference, _text(results))
     assert bf16_wer < 0.15 and bf16_wer <= fp32_wer + 0.02
