@@ -258,9 +258,10 @@ class BatchTimestampRules(ApplyTimestampRules):
     """whisper's timestamp rules, applied to every row of the batch at once. whisper's own
     ``apply`` loops over the rows, and for each it reads the tokens back (``tolist``), picks
     out the timestamps by a mask and slices by the last one: on a GPU each of those waits for
-    the device, four times per row and token, which made a batch of 16 memos slower on an
-    H200 than 16 single files. Here the same masks are built with tensor operations for all
-    rows, with no wait. A test compares the logits with whisper's, step by step."""
+    the device, about four times per row and token. Here the same masks are built with tensor
+    operations for all rows, with no wait (on an H200 in fp16, 60 memos in batches of 64:
+    0.67 s against 1.19-1.22 s; on a CPU no change). A test holds the masked logits equal to
+    whisper's on token states of every kind."""
 
     def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
         tok = self.tokenizer
