@@ -59,23 +59,24 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def _cpu_has(torch: Any, feature: str) -> bool:
+    """torch.cpu's ``_is_<feature>_supported()``, False where this torch lacks the check."""
+    if torch is None:
+        import torch
+    check = getattr(getattr(torch, "cpu", None), f"_is_{feature}_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def cpu_has_bf16(torch: Any = None) -> bool:
     """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX), so
     that bf16 is faster here rather than slower."""
-    if torch is None:
-        import torch
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(bool(c()) for c in checks if c is not None)
+    return _cpu_has(torch, "amx_tile") or _cpu_has(torch, "avx512_bf16")
 
 
 def cpu_has_amx(torch: Any = None) -> bool:
     """Whether this CPU has AMX tiles, whose bfloat16 products make the token step's bf16
     reads pay (see ``OpenAIWhisperEngine``); AVX-512 BF16 alone makes them slower."""
-    if torch is None:
-        import torch
-    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
+    return _cpu_has(torch, "amx_tile")
 
 
 def pick_device(
