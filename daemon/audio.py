@@ -28,6 +28,7 @@ class Chunk:
     end: float  # seconds into the file; the next chunk starts at or after this
     audio: np.ndarray = field(repr=False, compare=False)  # float32 mono 16 kHz
     key: str = ""  # which file it came from (opaque to the engine; used to regroup batches)
+    source: str = ""  # the path of the file it came from, for messages (and the fake engine's faults)
 
 
 log = logging.getLogger(__name__)
@@ -557,6 +558,7 @@ def iter_chunks(
                     end=(pos + plan.end) / SAMPLE_RATE,
                     audio=audio[plan.start : plan.end].copy(),  # not a view: the window is let go
                     key=key,
+                    source=str(path),
                 )
                 index += 1
                 pos += plan.end

@@ -24,6 +24,7 @@ FORMATS = ("txt", "srt", "vtt", "json")
 DEVICES = ("auto", "cpu", "mps", "cuda")
 PRECISIONS = ("auto", "fp16", "fp32", "bf16", "int8")
 TASKS = ("transcribe", "translate")
+ENGINES = ("openai-whisper", "faster-whisper", "fake")  # fake: a test double (daemon/engines/fake.py)
 DUPLICATES = ("skip", "transcribe")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 THERMAL_LEVELS = ("nominal", "fair", "serious", "critical")
@@ -41,6 +42,7 @@ class ModelConfig:
     engine: str = "openai-whisper"
     cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
     fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see openai_whisper
+    fake_crash_on: str | None = None  # engine "fake" (a test double) only: abort the worker on files matching this glob
 
 
 @dataclass(frozen=True)
@@ -257,9 +259,10 @@ def _model(data: Any, lines: dict[str, int], base: Path) -> ModelConfig:
         batch_size=s.number("batch_size", 16, minimum=1, integer=True),
         threads=s.number("threads", 0, minimum=0, integer=True),
         idle_unload_minutes=s.number("idle_unload_minutes", 10.0),
-        engine=s.choice("engine", "openai-whisper", ("openai-whisper", "faster-whisper")),
+        engine=s.choice("engine", "openai-whisper", ENGINES),
         cache_dir=_resolve(base, cache) if cache else None,
         fit_windows=s.boolean("fit_windows", True),
+        fake_crash_on=s.text("fake_crash_on", None),
     )
     s.finish()
     return m

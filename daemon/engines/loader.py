@@ -121,6 +121,10 @@ def pick_precision(device: str, requested: str, *, bf16: Callable[[], bool] = cp
 def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
     """Build the configured engine. Raises ModelError with a plain message when the model cannot load."""
     cache = Path(cfg.cache_dir or cache_dir)
+    if cfg.engine == "fake":
+        from daemon.engines.fake import FakeEngine
+
+        return FakeEngine(cfg.name, batch_size=cfg.batch_size, crash_on=cfg.fake_crash_on)
     if cfg.engine == "faster-whisper":
         from daemon.engines.faster_whisper import FasterWhisperEngine
 

@@ -206,3 +206,25 @@ def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(
     assert len(calls) == len(CLIPS)
     assert sorted(p.name for p in (root / "inbox").iterdir()) == sorted(CLIPS)  # nothing moved, nothing lost
     assert not worker.runs
+
+
+def test_with_the_fake_engine_the_worker_writes_what_it_said_for_each_chunk(tmp_path, model_cache):
+    """The fake engine (the package's test double) runs the worker's whole path without a model:
+    real files, chunks, batches, checkpoints and outputs, each transcript predictable."""
+    from daemon.engines.fake import FakeEngine, chunk_text
+
+    cfg, queue = _queued(tmp_path, model_cache, CLIPS, batch_size=8)
+    engines: list[FakeEngine] = []
+    try:
+        worker = worker_for(cfg, queue, lambda: engines.append(FakeEngine(batch_size=8)) or engines[-1])
+        drain(worker, queue)
+        assert queue.counts()[State.DONE.value] == len(CLIPS)
+        assert len(engines[0].batches) == 1 and len(engines[0].prepared) == len(engines[0].batches[0])
+        for name in CLIPS:
+            stem = Path(name).stem
+            n = sum(1 for key, _ in engines[0].batches[0] if queue.get(int(key)).rel == name)
+            lines = [chunk_text(name, i) for i in range(n)]
+            assert (tmp_path / "outbox" / f"{stem}.txt").read_text().split("\n")[:n] == lines
+            assert (tmp_path / "archive" / name).exists()
+    finally:
+        queue.close()
