@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,14 +102,14 @@ class PowerConfig:
     only_when_idle_minutes: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path | None
-    database: str
-    state_dir: Path
-    log_dir: Path | None
-    model: ModelConfig
+    state_dir: Path  # default: the SQLite file's folder, else state/ beside the config file
     folders: tuple[FolderConfig, ...]
+    database: str = "sqlite:///state/queue.db"
+    log_dir: Path | None = None  # None: the platform's log folder
+    model: ModelConfig = ModelConfig()
     watch: WatchConfig = WatchConfig()
     jobs: JobsConfig = JobsConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -119,14 +119,6 @@ class Config:
     notify: bool = True
     label: str = "com.whisperd.agent"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def database_path(self) -> Path | None:
-        """The SQLite file behind ``database``, if it is one."""
-        prefix = "sqlite:///"
-        if self.database.startswith(prefix) and self.database != "sqlite:///:memory:":
-            return Path(self.database[len(prefix):])
-        return None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -138,9 +130,11 @@ def _fail(key: str, value: Any, allowed: str, line: int | None = None) -> Config
 
 
 class _Section:
-    """Reads one mapping, remembering which keys were used so unknown keys can be named."""
+    """Reads one mapping into the fields of one dataclass, remembering which keys were used so
+    unknown keys can be named. A key that is absent takes the dataclass field's default: the
+    dataclasses above are the one home of every default."""
 
-    def __init__(self, data: Any, prefix: str, lines: dict[str, int]) -> None:
+    def __init__(self, data: Any, prefix: str, lines: dict[str, int], defaults: type) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -148,6 +142,7 @@ class _Section:
         self.data = data
         self.prefix = prefix
         self.lines = lines
+        self.fields = {f.name: f for f in fields(defaults)}
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -156,25 +151,39 @@ class _Section:
     def line(self, name: str) -> int | None:
         return self.lines.get(self.key(name))
 
-    def get(self, name: str, default: Any, convert: Callable[[Any], Any], allowed: str) -> Any:
+    def default(self, name: str) -> Any:
+        """The dataclass field's default; None for a field that has none (worked out by the caller)."""
+        f = self.fields[name]
+        if f.default is not MISSING:
+            return f.default
+        if f.default_factory is not MISSING:
+            return f.default_factory()
+        return None
+
+    def get(self, name: str, convert: Callable[[Any], Any], allowed: str) -> Any:
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
-            return default
+            return self.default(name)
         value = self.data[name]
         try:
             return convert(value)
         except (TypeError, ValueError) as exc:
             raise _fail(self.key(name), value, allowed, self.line(name)) from exc
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def section(self, name: str, defaults: type) -> _Section:
+        """The nested mapping under ``name``, read into the dataclass ``defaults``."""
+        self.used.add(name)
+        return _Section(self.data.get(name), f"{self.prefix}{name}.", self.lines, defaults)
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
         def conv(v: Any) -> str:
             if not isinstance(v, str) or v.lower() not in choices:
                 raise ValueError
             return v.lower()
 
-        return self.get(name, default, conv, "one of " + ", ".join(choices))
+        return self.get(name, conv, "one of " + ", ".join(choices))
 
-    def number(self, name: str, default: float, minimum: float = 0.0, integer: bool = False) -> Any:
+    def number(self, name: str, minimum: float = 0.0, integer: bool = False) -> Any:
         def conv(v: Any) -> float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError
@@ -185,23 +194,23 @@ class _Section:
             return int(v) if integer else float(v)
 
         kind = "a whole number" if integer else "a number"
-        return self.get(name, default, conv, f"{kind} of at least {minimum:g}")
+        return self.get(name, conv, f"{kind} of at least {minimum:g}")
 
-    def boolean(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str) -> bool:
         def conv(v: Any) -> bool:
             if not isinstance(v, bool):
                 raise ValueError
             return v
 
-        return self.get(name, default, conv, "true or false")
+        return self.get(name, conv, "true or false")
 
-    def text(self, name: str, default: Any) -> Any:
+    def text(self, name: str) -> Any:
         def conv(v: Any) -> str:
             if not isinstance(v, (str, int, float)) or isinstance(v, bool) or str(v).strip() == "":
                 raise ValueError
             return str(v)
 
-        return self.get(name, default, conv, "a non-empty string")
+        return self.get(name, conv, "a non-empty string")
 
     def finish(self) -> None:
         for name in self.data:
@@ -248,35 +257,33 @@ def _resolve(base: Path, value: str) -> Path:
 # --------------------------------------------------------------------------- sections
 
 
-def _model(data: Any, lines: dict[str, int], base: Path) -> ModelConfig:
-    s = _Section(data, "model.", lines)
-    name = s.text("name", "tiny.en")
-    cache = s.text("cache_dir", None)
+def _model(s: _Section, base: Path) -> ModelConfig:
+    cache = s.text("cache_dir")
     m = ModelConfig(
-        name=name,
-        device=s.choice("device", "auto", DEVICES),
-        precision=s.choice("precision", "auto", PRECISIONS),
-        batch_size=s.number("batch_size", 16, minimum=1, integer=True),
-        threads=s.number("threads", 0, minimum=0, integer=True),
-        idle_unload_minutes=s.number("idle_unload_minutes", 10.0),
-        engine=s.choice("engine", "openai-whisper", ENGINES),
+        name=s.text("name"),
+        device=s.choice("device", DEVICES),
+        precision=s.choice("precision", PRECISIONS),
+        batch_size=s.number("batch_size", minimum=1, integer=True),
+        threads=s.number("threads", minimum=0, integer=True),
+        idle_unload_minutes=s.number("idle_unload_minutes"),
+        engine=s.choice("engine", ENGINES),
         cache_dir=_resolve(base, cache) if cache else None,
-        fit_windows=s.boolean("fit_windows", True),
-        fake_crash_on=s.text("fake_crash_on", None),
+        fit_windows=s.boolean("fit_windows"),
+        fake_crash_on=s.text("fake_crash_on"),
     )
     s.finish()
     return m
 
 
 def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderConfig:
-    s = _Section(data, f"folders.{index}.", lines)
-    inbox = s.text("inbox", None)
+    s = _Section(data, f"folders.{index}.", lines, FolderConfig)
+    inbox = s.text("inbox")
     if inbox is None:
         raise _fail(s.key("inbox"), None, "a folder path (every folder entry needs an inbox)", lines.get(f"folders.{index}"))
     inbox_p = _resolve(base, inbox)
 
     def sibling(name: str) -> Path:
-        value = s.text(name, None)
+        value = s.text(name)
         return _resolve(base, value) if value else inbox_p.parent / name
 
     def formats(v: Any) -> tuple[str, ...]:
@@ -296,11 +303,11 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         output=sibling("output"),
         archive=sibling("archive"),
         failed=sibling("failed"),
-        formats=s.get("formats", FORMATS, formats, "a list drawn from " + ", ".join(FORMATS)),
-        language=s.get("language", "auto", language, "auto, or a language code such as en, de, zh"),
-        task=s.choice("task", "transcribe", TASKS),
-        immediate=s.boolean("immediate", False),
-        duplicates=s.choice("duplicates", "skip", DUPLICATES),
+        formats=s.get("formats", formats, "a list drawn from " + ", ".join(FORMATS)),
+        language=s.get("language", language, "auto, or a language code such as en, de, zh"),
+        task=s.choice("task", TASKS),
+        immediate=s.boolean("immediate"),
+        duplicates=s.choice("duplicates", DUPLICATES),
     )
     s.finish()
     for name in ("output", "archive", "failed"):
@@ -333,24 +340,24 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
     """Validate a loaded YAML document into a Config."""
     lines = _key_lines(text) if text else {}
     base = path.parent if path else Path.cwd()
-    top = _Section(data, "", lines)
+    top = _Section(data, "", lines, Config)
 
-    database = top.text("database", "sqlite:///state/queue.db")
-    state_dir_raw = top.text("state_dir", None)
+    database = top.text("database")
+    state_dir_raw = top.text("state_dir")
     state_dir = _resolve(base, state_dir_raw) if state_dir_raw else None
     if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
         db_file = _resolve(base, database[len("sqlite:///"):])
         database = f"sqlite:///{db_file}"
         state_dir = state_dir or db_file.parent
     state_dir = state_dir or base / "state"
-    log_dir_raw = top.text("log_dir", None)
+    log_dir_raw = top.text("log_dir")
 
     def folder_list(v: Any) -> list[Any]:
         if not isinstance(v, list) or not v:
             raise ValueError
         return v
 
-    raw_folders = top.get("folders", None, folder_list, "a non-empty list of folder entries, each with an inbox")
+    raw_folders = top.get("folders", folder_list, "a non-empty list of folder entries, each with an inbox")
     if raw_folders is None:
         raise ConfigError("config key 'folders' is missing; allowed: a non-empty list of folder entries, each with an inbox")
     folders = tuple(_folder(d, i, lines, base) for i, d in enumerate(raw_folders))
@@ -370,32 +377,32 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
                     "allowed: inboxes that do not contain one another"
                 )
 
-    w = _Section(top.get("watch", None, lambda v: v, ""), "watch.", lines)
+    w = top.section("watch", WatchConfig)
     watch = WatchConfig(
-        settle_seconds=w.number("settle_seconds", 5.0),
-        rescan_minutes=w.number("rescan_minutes", 10.0, minimum=0.01),
-        poll_seconds=w.number("poll_seconds", 0.5, minimum=0.01),
+        settle_seconds=w.number("settle_seconds"),
+        rescan_minutes=w.number("rescan_minutes", minimum=0.01),
+        poll_seconds=w.number("poll_seconds", minimum=0.01),
     )
     w.finish()
 
-    j = _Section(top.get("jobs", None, lambda v: v, ""), "jobs.", lines)
+    j = top.section("jobs", JobsConfig)
     jobs = JobsConfig(
-        max_attempts=j.number("max_attempts", 3, minimum=1, integer=True),
-        lease_seconds=j.number("lease_seconds", 120.0, minimum=1),
-        retry_base_seconds=j.number("retry_base_seconds", 60.0),
+        max_attempts=j.number("max_attempts", minimum=1, integer=True),
+        lease_seconds=j.number("lease_seconds", minimum=1),
+        retry_base_seconds=j.number("retry_base_seconds"),
     )
     j.finish()
 
-    sc = _Section(top.get("schedule", None, lambda v: v, ""), "schedule.", lines)
+    sc = top.section("schedule", ScheduleConfig)
     schedule = ScheduleConfig(
-        windows=sc.get("windows", (), _windows, 'a list of "HH:MM-HH:MM" ranges, e.g. ["22:00-07:00"]'),
-        days=sc.get("days", (), _days, "a list of days: " + ", ".join(DAYS)),
-        max_concurrency=sc.number("max_concurrency", 1, minimum=1, integer=True),
-        misfire_grace_minutes=sc.number("misfire_grace_minutes", 60.0),
+        windows=sc.get("windows", _windows, 'a list of "HH:MM-HH:MM" ranges, e.g. ["22:00-07:00"]'),
+        days=sc.get("days", _days, "a list of days: " + ", ".join(DAYS)),
+        max_concurrency=sc.number("max_concurrency", minimum=1, integer=True),
+        misfire_grace_minutes=sc.number("misfire_grace_minutes"),
     )
     sc.finish()
 
-    th = _Section(top.get("thermal", None, lambda v: v, ""), "thermal.", lines)
+    th = top.section("thermal", ThermalConfig)
 
     def source(v: Any) -> str:
         if not isinstance(v, str) or not (v in ("auto", "none") or (v.startswith("file:") and len(v) > 5)):
@@ -403,24 +410,24 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
         return "file:" + str(_resolve(base, v[5:])) if v.startswith("file:") else v
 
     thermal = ThermalConfig(
-        source=th.get("source", "auto", source, 'auto, none, or "file:/path/to/state"'),
-        fair_celsius=th.number("fair_celsius", 70.0),
-        serious_celsius=th.number("serious_celsius", 85.0),
-        critical_celsius=th.number("critical_celsius", 95.0),
-        cooldown_seconds=th.number("cooldown_seconds", 120.0),
-        on_fair=th.number("on_fair", 1, minimum=0, integer=True),
+        source=th.get("source", source, 'auto, none, or "file:/path/to/state"'),
+        fair_celsius=th.number("fair_celsius"),
+        serious_celsius=th.number("serious_celsius"),
+        critical_celsius=th.number("critical_celsius"),
+        cooldown_seconds=th.number("cooldown_seconds"),
+        on_fair=th.number("on_fair", minimum=0, integer=True),
     )
     th.finish()
 
-    me = _Section(top.get("memory", None, lambda v: v, ""), "memory.", lines)
-    memory = MemoryConfig(floor_gb=me.number("floor_gb", 2.0))
+    me = top.section("memory", MemoryConfig)
+    memory = MemoryConfig(floor_gb=me.number("floor_gb"))
     me.finish()
 
-    po = _Section(top.get("power", None, lambda v: v, ""), "power.", lines)
+    po = top.section("power", PowerConfig)
     power = PowerConfig(
-        prevent_sleep=po.boolean("prevent_sleep", True),
-        only_on_ac_power=po.boolean("only_on_ac_power", False),
-        only_when_idle_minutes=po.number("only_when_idle_minutes", 0.0),
+        prevent_sleep=po.boolean("prevent_sleep"),
+        only_on_ac_power=po.boolean("only_on_ac_power"),
+        only_when_idle_minutes=po.number("only_when_idle_minutes"),
     )
     po.finish()
 
@@ -429,7 +436,7 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
         database=database,
         state_dir=state_dir,
         log_dir=_resolve(base, log_dir_raw) if log_dir_raw else None,
-        model=_model(top.get("model", None, lambda v: v, ""), lines, base),
+        model=_model(top.section("model", ModelConfig), base),
         folders=folders,
         watch=watch,
         jobs=jobs,
@@ -437,8 +444,8 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
         thermal=thermal,
         memory=memory,
         power=power,
-        notify=top.boolean("notify", True),
-        label=top.text("label", "com.whisperd.agent"),
+        notify=top.boolean("notify"),
+        label=top.text("label"),
         raw=data if isinstance(data, dict) else {},
     )
     top.finish()

@@ -1,9 +1,14 @@
+import dataclasses
 import os
+import re
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
+from daemon import config as config_mod
 from daemon.config import load, parse
 from daemon.errors import ConfigError
 
@@ -30,9 +35,68 @@ def test_minimal_config_resolves_paths_relative_to_the_file(tmp_path):
     assert cfg.model.fit_windows is True
 
 
+EXAMPLE = Path(__file__).parents[2] / "config.example.yaml"
+NOT_SETTINGS = {"path", "raw"}  # Config fields filled in by load(), not read from the file
+
+
 def test_example_config_loads():
-    cfg = load(Path(__file__).parents[2] / "config.example.yaml")
+    cfg = load(EXAMPLE)
     assert cfg.folders[0].output.name == "outbox"
+
+
+def setting_keys(cls: type, prefix: str = "") -> set[str]:
+    """Every key the config file may hold, read off the dataclasses: nested dataclasses are
+    sections, a tuple of dataclasses is a list of entries (``folders.inbox``)."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in NOT_SETTINGS:
+            continue
+        kind = hints[f.name]
+        inner = [a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(kind):
+            keys |= setting_keys(kind, f"{prefix}{f.name}.")
+        elif typing.get_origin(kind) is tuple and inner:
+            keys |= setting_keys(inner[0], f"{prefix}{f.name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def document_keys(node: object, prefix: str = "") -> set[str]:
+    """The dotted keys of a loaded YAML document's leaves (an empty list is a leaf); list entries
+    share their list's prefix."""
+    if isinstance(node, list) and node:
+        return set().union(*(document_keys(item, prefix) for item in node))
+    if isinstance(node, dict) and node:
+        return set().union(*(document_keys(v, f"{prefix}{k}.") for k, v in node.items()))
+    return {prefix.rstrip(".")}
+
+
+def test_example_config_documents_every_setting(tmp_path):
+    """Each setting is in config.example.yaml, as a key or as a commented-out ``# key: example``
+    line; and the commented-out examples are valid settings with valid values."""
+    text = EXAMPLE.read_text()
+    # a commented-out key starts where keys start (at most three levels in), not after a value
+    uncommented = re.sub(r"(?m)^( {0,6})# ([a-z_]+:\s)", r"\1\2", text)
+    data = yaml.safe_load(uncommented)
+    missing = setting_keys(config_mod.Config) - document_keys(data)
+    assert not missing, f"config.example.yaml does not document: {sorted(missing)}"
+    parse(data, tmp_path / "config.yaml", uncommented)  # refuses unknown keys and bad values
+
+
+def test_example_config_shows_the_defaults():
+    """The values the example sets are the dataclasses' defaults, except the folder names it suggests."""
+    cfg = load(EXAMPLE)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            assert value == type(value)(), f"config.example.yaml's {f.name} section differs from its defaults"
+    assert (cfg.notify, cfg.label) == (config_mod.Config.notify, config_mod.Config.label)
+    folder = cfg.folders[0]
+    for f in dataclasses.fields(folder):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(folder, f.name) == f.default, f"config.example.yaml's folders.{f.name} is not its default"
 
 
 def test_tilde_expands(tmp_path, monkeypatch):
@@ -107,3 +171,16 @@ def test_config_is_frozen(tmp_path):
     cfg = parse({"folders": [{"inbox": "in"}]}, tmp_path / "c.yaml")
     with pytest.raises(AttributeError):
         cfg.database = "x"  # type: ignore[misc]
+
+
+def test_absent_keys_take_the_dataclass_defaults(tmp_path):
+    cfg = parse({"folders": [{"inbox": "in"}]}, tmp_path / "config.yaml")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            assert value == type(value)()
+    assert cfg.log_dir is None and cfg.notify is config_mod.Config.notify and cfg.label == config_mod.Config.label
+    folder = cfg.folders[0]
+    for f in dataclasses.fields(folder):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(folder, f.name) == f.default, f.name
