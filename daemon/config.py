@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "mps", "cuda")
 PRECISIONS = ("auto", "fp16", "fp32", "bf16", "int8")
 TASKS = ("transcribe", "translate")
 ENGINES = ("openai-whisper", "faster-whisper", "fake")  # fake: a test double (daemon/engines/fake.py)
+CHINESE = ("as-is", "simplified", "traditional")
 DUPLICATES = ("skip", "transcribe")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 THERMAL_LEVELS = ("nominal", "fair", "serious", "critical")
@@ -56,6 +57,9 @@ class FolderConfig:
     task: str = "transcribe"
     immediate: bool = False
     duplicates: str = "skip"
+    chinese: str = "as-is"  # the script of Chinese transcripts (OpenCC): as-is, simplified, traditional
+    max_line_width: int | None = None  # subtitle characters a line; None: outputs' default for the language
+    max_line_count: int = 2  # subtitle lines a cue
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,9 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         task=s.choice("task", TASKS),
         immediate=s.boolean("immediate"),
         duplicates=s.choice("duplicates", DUPLICATES),
+        chinese=s.choice("chinese", CHINESE),
+        max_line_width=s.get("max_line_width", _line_width, "auto, or a whole number of characters of at least 1"),
+        max_line_count=s.number("max_line_count", minimum=1, integer=True),
     )
     s.finish()
     for name in ("output", "archive", "failed"):
@@ -318,6 +325,14 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
                 f"{str(f.inbox)!r}; allowed: a folder outside every inbox (otherwise whisperd would transcribe its own results forever)"
             )
     return f
+
+
+def _line_width(v: Any) -> int | None:
+    if v == "auto":
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError
+    return v
 
 
 def _windows(v: Any) -> tuple[str, ...]:

@@ -21,19 +21,44 @@ class State(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a segment, as whisper's alignment timed it (``words: true``). ``word``
+    keeps whisper's leading space, so a segment's words joined give its text."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
+                "probability": round(self.probability, 4)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Word":
+        return cls(str(d["word"]), float(d["start"]), float(d["end"]), float(d["probability"]))
+
+
+@dataclass(frozen=True)
 class Segment:
-    """A piece of transcript; times are seconds from the start of the whole file."""
+    """A piece of transcript; times are seconds from the start of the whole file. ``words``:
+    its timed words, when the folder asks for them (empty otherwise)."""
 
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        d: dict[str, Any] = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        if self.words:
+            d["words"] = [w.to_dict() for w in self.words]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Segment":
-        return cls(float(d["start"]), float(d["end"]), str(d["text"]))
+        words = tuple(Word.from_dict(w) for w in d.get("words") or ())
+        return cls(float(d["start"]), float(d["end"]), str(d["text"]), words)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ class LeaseLost(Exception):
     """Another worker owns this job now (our lease expired); stop touching it."""
 
 
+def style_of(folder: FolderConfig) -> outputs.Style:
+    """How ``folder`` wants its outputs written."""
+    return outputs.Style(
+        chinese=folder.chinese, max_line_width=folder.max_line_width, max_line_count=folder.max_line_count,
+    )
+
+
 def plain_reason(exc: BaseException) -> str:
     """One or two plain sentences for an ``.error.txt`` file and ``whisperd status``."""
     if isinstance(exc, WhisperdError):
@@ -195,6 +202,7 @@ class Steps:
             device=info.device,
             precision=info.precision,
             processing_seconds=time.monotonic() - run.started,
+            task=folder.task,
         )
         if job.outputs:
             paths, ours = [Path(p) for p in job.outputs], True
@@ -204,7 +212,7 @@ class Steps:
             if not self.queue.plan(job.id, self.owner, outputs=[str(p) for p in paths]):
                 raise LeaseLost()
             job = job.evolve(outputs=tuple(str(p) for p in paths))
-        outputs.write(transcript, paths, ours=ours)
+        outputs.write(transcript, paths, ours=ours, style=style_of(folder))
         dest = self._move_original(job, folder.archive)
         if not self.queue.finish(job.id, self.owner, State.DONE, now=self.clock()):
             raise LeaseLost()

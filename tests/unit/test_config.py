@@ -121,6 +121,9 @@ def test_tilde_expands(tmp_path, monkeypatch):
         ("schedule: {windows: ['10pm-7am']}\nfolders: [{inbox: in}]", "schedule.windows", "HH:MM-HH:MM"),
         ("folders: [{inbox: in}]\nnotify: yes please", "notify", "true or false"),
         ("model: {fit_windows: sometimes}\nfolders: [{inbox: in}]", "model.fit_windows", "true or false"),
+        ("folders: [{inbox: in, chinese: mandarin}]", "folders.0.chinese", "as-is, simplified, traditional"),
+        ("folders: [{inbox: in, max_line_width: 0}]", "folders.0.max_line_width", "auto, or a whole number"),
+        ("folders: [{inbox: in, max_line_count: 1.5}]", "folders.0.max_line_count", "a whole number of at least 1"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, fragment):
@@ -184,3 +187,20 @@ def test_absent_keys_take_the_dataclass_defaults(tmp_path):
     for f in dataclasses.fields(folder):
         if f.default is not dataclasses.MISSING:
             assert getattr(folder, f.name) == f.default, f.name
+
+
+def test_output_keys_per_folder(tmp_path):
+    cfg = load(write(tmp_path, """
+        folders:
+          - inbox: a
+          - inbox: b
+            chinese: Traditional
+            max_line_width: 30
+            max_line_count: 1
+          - inbox: c
+            max_line_width: auto
+    """))
+    a, b, c = cfg.folders
+    assert (a.chinese, a.max_line_width, a.max_line_count) == ("as-is", None, 2)
+    assert (b.chinese, b.max_line_width, b.max_line_count) == ("traditional", 30, 1)
+    assert c.max_line_width is None
