@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat as statmod
 import uuid
 from pathlib import Path
 
@@ -233,10 +234,48 @@ def sweep_temps(directory: Path) -> int:
     return removed
 
 
+def kind(mode: int) -> str:
+    """What an ``lstat`` mode is, in words: "a file", "a named pipe", "a socket", …"""
+    if statmod.S_ISREG(mode):
+        return "a file"
+    if statmod.S_ISDIR(mode):
+        return "a folder"
+    if statmod.S_ISLNK(mode):
+        return "a link"
+    if statmod.S_ISFIFO(mode):
+        return "a named pipe"
+    if statmod.S_ISSOCK(mode):
+        return "a socket"
+    if statmod.S_ISCHR(mode) or statmod.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
+
+
+class NotRegularFile(OSError):
+    """The path names a pipe, socket, device or folder, not a file."""
+
+
+def open_regular(path: Path | str) -> int:
+    """A descriptor for reading the regular file at ``path``, opened so that it cannot block
+    (a named pipe with no writer would hold a plain ``open()`` forever) and checked after the
+    open, so a file swapped for a pipe in between is refused too. Links are not followed."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not statmod.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, f"this is {kind(mode)}, not a recording", str(path))
+    return fd
+
+
 def content_hash(path: Path, block: int = 1024 * 1024) -> str:
-    """Streamed SHA-256 of a file's bytes (never reads it whole into memory)."""
+    """Streamed SHA-256 of a regular file's bytes (never reads it whole into memory)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -167,6 +168,9 @@ class Steps:
             raise UnsafePathError()
         if src.is_dir():
             raise UnsafePathError("This is a folder, not a recording.")
+        mode = os.lstat(src).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafePathError(f"This is {files.kind(mode)}, not a recording; whisperd does not read from it.")
 
     def duplicate_of(self, job: Job) -> Job | None:
         if self.folder(job).duplicates != "skip" or not job.content_hash:

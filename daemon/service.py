@@ -26,6 +26,7 @@ from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
 from daemon.jobs import Outcome, Permission, State
+from daemon.offthread import OffThread
 from daemon.queue import Queue
 from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
 from daemon.procs import WorkerProcess, log_listener, new_log_queue
@@ -141,12 +142,16 @@ class Service:
         self.workers: list[WorkerProcess] = []
         self.queue: Queue | None = None
         self.settler = Settler(config.watch.settle_seconds)
+        # scans and content hashes: a stalled disk blocks one of these threads, never the loop
+        self.reads = OffThread(on_done=self.flags.wake.set, monotonic=monotonic)
+        self._hashing: dict[str, Settled] = {}
         self._events: set[str] = set()
         self._events_lock = threading.Lock()
         self._ignore_windows = False
         self._last_lease_check = float("-inf")
         self._idle = False  # nothing queued, settling or running, as of the last tick
         self._first_tick = True
+        self._unscanned = set(range(len(config.folders)))  # inboxes whose start-up scan is not in yet
         self.decision: Any = None
         self._status: dict[str, Any] = {}
         self._permissions: dict[str, Permission] = {}
@@ -311,17 +316,57 @@ class Service:
             self.rescan()
         self._drain_events()
         for settled in self.settler.poll():
-            self._enqueue(settled)
+            self._read(settled)
+        self._collect_reads()
         self._poll_workers()
         self._decide()
         self._heartbeat()
         self._power_and_banners()
-        self._first_tick = False
+        if not self._unscanned:
+            self._first_tick = False  # the start-up scan is in: the files waiting at start are known
 
     def rescan(self) -> None:
         for i, folder in enumerate(self.config.folders):
-            for found in scan(i, folder.inbox):
-                self.settler.add(found)
+            inbox = folder.inbox
+            self.reads.submit(("scan", i), lambda i=i, inbox=inbox: list(scan(i, inbox)), what=str(inbox))
+
+    def _read(self, settled: Settled) -> None:
+        """Hash a settled file off the loop's thread; a link is queued as it is (never read)."""
+        if settled.is_link:
+            self._enqueue(settled, None)
+            return
+        path = settled.found.path
+        if self.reads.busy(("hash", path)):
+            return  # an earlier read of it is still going; it queues the file when it ends
+        self._hashing[path] = settled
+        if not self.reads.submit(("hash", path), lambda: files.content_hash(Path(path)), what=settled.found.rel):
+            del self._hashing[path]
+            self.settler.add(settled.found)  # too many reads under way: look again later
+
+    def _collect_reads(self) -> None:
+        for key, result, error in self.reads.collect():
+            kind, what = key  # type: ignore[misc]
+            if kind == "scan":
+                self._unscanned.discard(what)
+                if error is not None:
+                    log.warning("could not look through %s: %s", self.config.folders[what].inbox, error,
+                                extra={"action": "watch.scan_failed"})
+                    continue
+                for found in result:
+                    self.settler.add(found)
+                continue
+            settled = self._hashing.pop(what, None)
+            if settled is None:
+                continue
+            if isinstance(error, files.NotRegularFile):
+                log.info("skipped %s: %s", settled.found.rel, error.strerror, extra={"action": "watch.not_a_file"})
+            elif isinstance(error, OSError):
+                log.info("could not read %s yet (%s); will look again", settled.found.rel, error.strerror,
+                         extra={"action": "watch.unreadable"})
+            elif error is not None:
+                log.error("could not read %s: %s", settled.found.rel, error, extra={"action": "watch.unreadable"})
+            else:
+                self._enqueue(settled, result)
 
     def _drain_events(self) -> None:
         with self._events_lock:
@@ -338,16 +383,9 @@ class Service:
             if found is not None and os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
                 self.settler.add(found)
 
-    def _enqueue(self, settled: Settled) -> None:
+    def _enqueue(self, settled: Settled, digest: str | None) -> None:
         assert self.queue is not None
         found = settled.found
-        digest = None
-        if not settled.is_link:
-            try:
-                digest = files.content_hash(Path(found.path))
-            except OSError as exc:
-                log.info("could not read %s yet (%s); will look again", found.rel, exc.strerror, extra={"action": "watch.unreadable"})
-                return
         job = self.queue.enqueue(
             folder=found.folder, path=found.path, rel=found.rel, size=settled.size, mtime=settled.mtime,
             content_hash=digest, now=self.clock(),
@@ -398,7 +436,7 @@ class Service:
         a file that never settles (unreadable, say) must not start a worker again and again."""
         if not self._first_tick:
             return False
-        settling = self.settler.folders()
+        settling = self.settler.folders() | {s.found.folder for s in self._hashing.values()}
         return bool(settling if perm.folders is None else settling & set(perm.folders))
 
     def _power_and_banners(self) -> None:
@@ -406,7 +444,7 @@ class Service:
         assert self.queue is not None
         working = any(w.busy for w in self.workers)
         empty = not working and self.queue.pending() == 0
-        self._idle = empty and not len(self.settler)
+        self._idle = empty and not len(self.settler) and not len(self.reads)
         if self.keep_awake is not None:
             if working and not self.keep_awake.active:
                 self.keep_awake.start()
@@ -430,7 +468,7 @@ class Service:
 
     def _drained(self) -> bool:
         assert self.queue is not None
-        if len(self.settler) or any(w.busy for w in self.workers):
+        if len(self.settler) or self.reads.pending() or any(w.busy for w in self.workers):
             return False
         if self.queue.pending() == 0:
             return True

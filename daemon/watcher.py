@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from daemon import files
+
 log = logging.getLogger("whisperd.watcher")
 
 TEMP_SUFFIXES = (".download", ".crdownload", ".part", ".partial", ".tmp", ".temp", ".icloud", ".opdownload", ".sb-")
@@ -98,6 +100,7 @@ class Settler:
         self.readable = readable or _opens_for_reading
         self._watch: dict[str, tuple[Found, int, int, float]] = {}
         self._lock = threading.Lock()
+        self._skipped: set[tuple[str, int]] = set()  # (path, inode) of things that are not files, logged once
 
     def __len__(self) -> int:
         return len(self._watch)
@@ -128,6 +131,10 @@ class Settler:
                 self._drop(path)
                 continue
             is_link = statmod.S_ISLNK(st.st_mode)
+            if not is_link and not statmod.S_ISREG(st.st_mode):
+                self._drop(path)
+                self._skip(found, st)
+                continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
                 with self._lock:
                     self._watch[path] = (found, st.st_size, st.st_mtime_ns, now)
@@ -146,6 +153,16 @@ class Settler:
         with self._lock:
             self._watch.pop(path, None)
 
+    def _skip(self, found: Found, st: os.stat_result) -> None:
+        """A pipe, socket or device is never a candidate (opening a pipe can block for good): one log line."""
+        key = (found.path, st.st_ino)
+        if key in self._skipped:
+            return
+        if len(self._skipped) > 10_000:
+            self._skipped.clear()
+        self._skipped.add(key)
+        log.info("skipped %s: it is %s, not a recording", found.rel, files.kind(st.st_mode), extra={"action": "watch.not_a_file"})
+
 
 def _icloud_placeholder(st: os.stat_result) -> bool:
     """On macOS an iCloud file that is not downloaded has a size but no blocks."""
@@ -154,7 +171,7 @@ def _icloud_placeholder(st: os.stat_result) -> bool:
 
 def _opens_for_reading(path: str) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = files.open_regular(path)
     except OSError:
         return False
     os.close(fd)

@@ -108,3 +108,29 @@ def test_content_hash_is_streamed_sha256(tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 7)
     p.write_bytes(data)
     assert files.content_hash(p, block=65536) == hashlib.sha256(data).hexdigest()
+
+
+def test_hashing_a_named_pipe_is_refused_at_once_instead_of_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "x.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(files.NotRegularFile, match="named pipe"):
+        files.content_hash(fifo)
+
+
+def test_a_stalled_read_is_reported_and_does_not_hold_up_the_others():
+    import threading
+
+    from daemon.offthread import OffThread
+
+    t = [0.0]
+    release = threading.Event()
+    done = threading.Event()
+    reads = OffThread(limit=2, stall_seconds=30, monotonic=lambda: t[0], on_done=done.set)
+    assert reads.submit("stuck", lambda: release.wait(10))
+    assert not reads.submit("stuck", lambda: 1)  # not twice at once
+    assert reads.submit("quick", lambda: 42)
+    assert done.wait(5)
+    assert [(k, r, e) for k, r, e in reads.collect()] == [("quick", 42, None)]
+    t[0] = 31.0
+    assert reads.collect() == [] and reads.pending() == 0 and len(reads) == 1  # stalled: a drain does not wait for it
+    release.set()
