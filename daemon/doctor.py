@@ -25,6 +25,7 @@ from daemon.agent import ServiceError, ServiceManager
 from daemon.config import THERMAL_LEVELS, Config, FolderConfig, ModelConfig
 from daemon.errors import ConfigError
 from daemon.files import within
+from daemon.governor import estimate_memory
 from daemon.platform.base import AccessProblem
 
 GB = 1024**3
@@ -137,25 +138,31 @@ def model_cache_dir(cfg: Config) -> Path:
     return cfg.model.cache_dir or cfg.state_dir / "models"
 
 
-def check_model(model: ModelConfig, cache_dir: Path, resolve: Callable[[str, Path], Any] | None = None) -> Check:
+def check_model(model: ModelConfig, cache_dir: Path, locate: Callable[[str, Path], Any] | None = None) -> Check:
+    """Where the configured model will come from (nothing is loaded or converted to say so),
+    and the memory it needs at the configured batch size."""
     name = "model"
-    if resolve is None:
-        try:
-            from daemon.engines.models import resolve_checkpoint
-        except ImportError as exc:
-            return _warn(name, f"cannot tell whether {model.name!r} is available offline ({exc})")
-        resolve = resolve_checkpoint
     try:
-        found = resolve(model.name, cache_dir)
+        models = importlib.import_module("daemon.engines.models")
+    except ImportError as exc:
+        return _warn(name, f"cannot tell whether {model.name!r} is available offline ({exc})")
+    locate = locate or models.locate
+    try:
+        source = locate(model.name, cache_dir)
     except Exception as exc:  # the resolver's own error says what is wrong
         return _fail(name, f"{model.name!r} could not be resolved: {exc}", "check model.name and model.cache_dir")
-    if isinstance(found, Path) and found.is_file():
-        return _ok(name, f"{model.name} → {found}")
-    return _warn(
-        name,
-        f"{model.name!r} is not on this machine; the first job would have to download it",
-        "run whisperd once with a network connection, or point model.name at a local checkpoint",
+    need = estimate_memory(model.name, model.precision, model.batch_size)
+    memory = (
+        f"needs about {need.total / GB:.1f} GB of memory at batch_size {model.batch_size} "
+        f"({need.model_bytes / GB:.1f} GB of weights, {need.job_bytes / GB:.1f} GB for a batch)"
     )
+    if source.kind == "download":
+        return _warn(
+            name,
+            f"{model.name!r} is not on this machine; the first job would have to download it: {source.detail}; {memory}",
+            models.how_to_get(model.name),
+        )
+    return _ok(name, f"{model.name} from {source.detail}; {memory}")
 
 
 # --------------------------------------------------------------------------- audio

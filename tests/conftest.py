@@ -21,6 +21,16 @@ def model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def base_checkpoint(model_cache) -> Path:
+    """The multilingual base, converted once per session from its two bundled packages (digest checked)."""
+    from daemon.engines.models import resolve_checkpoint
+
+    resolved = resolve_checkpoint("base", model_cache)
+    assert resolved == model_cache / "base.pt"
+    return resolved
+
+
 @dataclass
 class Tree:
     root: Path

@@ -1,5 +1,5 @@
 """Convert a CTranslate2 Whisper model (``model.bin`` + ``config.json``) into an
-openai-whisper checkpoint, so the bundled tiny.en works with no download.
+openai-whisper checkpoint, so the bundled models (tiny.en, base) work with no download.
 
 The CTranslate2 file is a little-endian stream: u32 binary version, the spec
 name, u32 revision, u32 variable count, then for each variable its name, rank,
@@ -17,9 +17,10 @@ import os
 import re
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -58,30 +59,42 @@ def _string(f: BinaryIO) -> str:
 def read_ct2(path: Path) -> CT2Model:
     """Parse a CTranslate2 ``model.bin`` into numpy arrays (bf16 is widened to fp32)."""
     with open(path, "rb") as f:
-        version = _u(f, "I")
-        if version < 5 or version > 6:
-            raise ModelError(f"{path}: CTranslate2 binary version {version} is not supported (5 or 6 expected)")
-        spec = _string(f)
-        revision = _u(f, "I")
-        variables: dict[str, np.ndarray] = {}
-        for _ in range(_u(f, "I")):
-            name = _string(f)
-            rank = _u(f, "B")
-            shape = tuple(_u(f, "I") for _ in range(rank))
-            dtype = _u(f, "B")
-            raw = _read(f, _u(f, "I"))
-            if dtype == _BF16:
-                bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-                arr = bits.view(np.float32)
-            elif dtype in _DTYPES:
-                arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
-            else:
-                raise ModelError(f"{path}: variable {name!r} has unknown dtype code {dtype}")
-            variables[name] = arr.reshape(shape)
-        aliases = {}
-        for _ in range(_u(f, "I")):
-            alias = _string(f)
-            aliases[alias] = _string(f)
+        return read_ct2_stream(f, str(path))
+
+
+def read_ct2_stream(f: Any, label: str) -> CT2Model:
+    """``read_ct2`` from anything with ``read(n)`` (a model in pieces, read as one stream)."""
+    try:
+        return _parse(f, label)
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{label}: not a readable CTranslate2 model file ({exc})") from exc
+
+
+def _parse(f: Any, label: str) -> CT2Model:
+    version = _u(f, "I")
+    if version < 5 or version > 6:
+        raise ModelError(f"{label}: CTranslate2 binary version {version} is not supported (5 or 6 expected)")
+    spec = _string(f)
+    revision = _u(f, "I")
+    variables: dict[str, np.ndarray] = {}
+    for _ in range(_u(f, "I")):
+        name = _string(f)
+        rank = _u(f, "B")
+        shape = tuple(_u(f, "I") for _ in range(rank))
+        dtype = _u(f, "B")
+        raw = _read(f, _u(f, "I"))
+        if dtype == _BF16:
+            bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            arr = bits.view(np.float32)
+        elif dtype in _DTYPES:
+            arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
+        else:
+            raise ModelError(f"{label}: variable {name!r} has unknown dtype code {dtype}")
+        variables[name] = arr.reshape(shape)
+    aliases = {}
+    for _ in range(_u(f, "I")):
+        alias = _string(f)
+        aliases[alias] = _string(f)
     return CT2Model(version, spec, revision, variables, aliases)
 
 
@@ -209,8 +222,39 @@ def encode_alignment_heads(pairs: list[list[int]], n_layer: int, n_head: int) ->
     return base64.b85encode(gzip.compress(mask.tobytes(), mtime=0))
 
 
+def check_languages(checkpoint: dict, lang_ids: list[int] | None) -> None:
+    """The model's language tokens (CTranslate2's ``lang_ids``) must be the ones openai-whisper's
+    tokenizer gives a model of this vocabulary, or every detected language would be wrong.
+    (An English-only model detects nothing: CTranslate2 lists ids for it that whisper never reads.)"""
+    n_vocab = checkpoint["dims"]["n_vocab"]
+    if not lang_ids or n_vocab < 51865:
+        return
+    from whisper.tokenizer import get_tokenizer
+
+    num_languages = n_vocab - 51766
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # whisper reads its vocabulary file without closing it
+        expected = sorted(get_tokenizer(True, num_languages=num_languages).all_language_tokens)
+    if sorted(int(t) for t in lang_ids) != expected:
+        raise ModelError(
+            f"the model's {len(lang_ids)} language tokens are not the {len(expected)} openai-whisper expects "
+            f"for a vocabulary of {n_vocab}; it cannot be converted"
+        )
+
+
 def convert_ct2_dir(model_dir: Path, dest: Path) -> Path:
-    """Convert ``model_dir`` (model.bin, config.json) into ``dest`` atomically.
+    """Convert ``model_dir`` (model.bin, config.json) into ``dest`` atomically."""
+    model_dir = Path(model_dir)
+    config: dict = {}
+    if (model_dir / "config.json").is_file():
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    checkpoint = ct2_to_whisper(read_ct2(model_dir / "model.bin"), config.get("alignment_heads"))
+    check_languages(checkpoint, config.get("lang_ids"))
+    return save_checkpoint(checkpoint, dest)
+
+
+def save_checkpoint(checkpoint: dict, dest: Path) -> Path:
+    """Write ``checkpoint`` to ``dest`` atomically.
 
     The checkpoint is written to a temporary file beside ``dest`` and renamed,
     so a crash never leaves half a checkpoint and two racing processes both end
@@ -218,12 +262,6 @@ def convert_ct2_dir(model_dir: Path, dest: Path) -> Path:
     """
     import torch
 
-    model_dir = Path(model_dir)
-    alignment = None
-    config = model_dir / "config.json"
-    if config.is_file():
-        alignment = json.loads(config.read_text(encoding="utf-8")).get("alignment_heads")
-    checkpoint = ct2_to_whisper(read_ct2(model_dir / "model.bin"), alignment)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:

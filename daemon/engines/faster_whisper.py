@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from daemon.audio import Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.loader import pick_device
-from daemon.engines.models import BUNDLED, bundled_ct2_dir
+from daemon.engines import models
 from daemon.errors import ModelError
 from daemon.jobs import Segment
 
@@ -26,14 +26,14 @@ _COMPUTE = {
 }
 
 
-def _source(name: str) -> str:
-    """A CTranslate2 model folder for ``name``: a folder path, the bundled tiny.en, or a name
-    that faster-whisper finds in its own (Hugging Face) cache."""
+def _source(name: str, cache_dir: Path | None) -> str:
+    """A CTranslate2 model folder for ``name``: a folder path, a bundled model (tiny.en, base),
+    or a name that faster-whisper finds in its own (Hugging Face) cache."""
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         return str(path)
-    if name == BUNDLED:
-        bundled = bundled_ct2_dir()
+    if name in models.BUNDLES:
+        bundled = models.ct2_dir(name, cache_dir) if cache_dir is not None else models.bundled_ct2_dir(name)
         if bundled is not None:
             return str(bundled)
     return name
@@ -51,6 +51,7 @@ class FasterWhisperEngine:
         threads: int = 0,
         batch_size: int = 8,
         beam_size: int = 1,
+        cache_dir: Path | None = None,
     ) -> None:
         try:
             from faster_whisper import WhisperModel
@@ -65,7 +66,7 @@ class FasterWhisperEngine:
         elif precision == "auto":
             precision = "fp16"
         compute_type = _COMPUTE.get((device, precision), "default")
-        source = _source(name)
+        source = _source(name, cache_dir)
         try:
             self.model = WhisperModel(
                 source, device=device, compute_type=compute_type, cpu_threads=max(0, threads), local_files_only=True
@@ -73,7 +74,7 @@ class FasterWhisperEngine:
         except Exception as exc:  # missing files, a bad folder, an unsupported compute type
             raise ModelError(
                 f"faster-whisper could not load model {name!r} from {source!r} ({exc}); "
-                "point model.name at a CTranslate2 model folder, or use tiny.en"
+                "point model.name at a CTranslate2 model folder, or use tiny.en or base"
             ) from exc
         self.beam_size = max(1, beam_size)
         self.batch_size = batch_size

@@ -129,7 +129,8 @@ def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
         from daemon.engines.faster_whisper import FasterWhisperEngine
 
         return FasterWhisperEngine(
-            cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, batch_size=cfg.batch_size
+            cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, batch_size=cfg.batch_size,
+            cache_dir=cache,
         )
     from daemon.engines.models import resolve_checkpoint
     from daemon.engines.openai_whisper import OpenAIWhisperEngine

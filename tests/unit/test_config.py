@@ -31,7 +31,7 @@ def test_minimal_config_resolves_paths_relative_to_the_file(tmp_path):
     assert f.formats == ("txt", "srt", "vtt", "json")
     assert cfg.database == f"sqlite:///{tmp_path}/state/queue.db"
     assert cfg.state_dir == tmp_path / "state"
-    assert cfg.model.name == "tiny.en" and cfg.model.device == "auto"
+    assert cfg.model.name == "base" and cfg.model.device == "auto"
     assert cfg.model.fit_windows is True
 
 

