@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import daemon.engines.loader  # noqa: F401  (before torch: it sets how idle OpenMP threads wait)
 from bench import workloads as wl
 from bench.score import corpus_wer
+from daemon.engines import hardware
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "packing.json")
     a = p.parse_args(argv)
     gaps = [float(g) for g in a.gaps.split(",") if g.strip()]
+    hardware.short_openmp_spin()  # before torch loads, as in the daemon's worker
+
 
     from bench.run import machine
     from daemon import audio

@@ -103,7 +103,7 @@ def planned_device(model: ModelConfig, torch: Any) -> tuple[str, str, bool, bool
         device = "cuda" if cuda else "mps" if mps else "cpu"
     precision = model.precision
     if precision == "auto":
-        from daemon.engines.loader import cpu_has_bf16, pick_precision
+        from daemon.engines.hardware import cpu_has_bf16, pick_precision
 
         native = model.engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
         precision = pick_precision(device, precision, bf16=lambda: native)
@@ -125,7 +125,7 @@ def check_device(model: ModelConfig, torch: Any) -> Check:
     if device == "cpu" and precision == "fp16":
         return _warn(name, detail, "fp16 is not supported on the CPU and falls back to fp32; set model.precision: auto")
     if precision == "bf16":
-        from daemon.engines.loader import cpu_has_bf16
+        from daemon.engines.hardware import cpu_has_bf16
 
         if device != "cpu" or model.engine != "openai-whisper":
             return _warn(name, detail, "bf16 applies to openai-whisper on the CPU only; set model.precision: auto")

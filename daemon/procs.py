@@ -205,9 +205,12 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
     for noisy in ("numba", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from daemon.engines import hardware
     from daemon.engines.loader import load_engine
     from daemon.queue import Queue
     from daemon.worker import Worker
+
+    hardware.short_openmp_spin()  # before anything in this process loads torch
 
     link = _Link(conn, stop, wake)
     owner = f"{socket.gethostname()}:{os.getpid()}:{name}"

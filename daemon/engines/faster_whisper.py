@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from daemon.audio import Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
-from daemon.engines.loader import pick_device
 from daemon.engines import models
+from daemon.engines.hardware import pick_device
 from daemon.errors import ModelError
 from daemon.jobs import Segment
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
-from daemon.engines.loader import SHORT_SPIN, cpu_has_amx, cpu_has_bf16, pick_device, pick_precision
+from daemon.engines.hardware import cpu_has_amx, cpu_has_bf16, pick_device, pick_precision, short_openmp_spin
 from daemon.engines.threads import FreeCores, reading
 from daemon.jobs import Segment
 
@@ -102,6 +102,7 @@ class OpenAIWhisperEngine:
         fit_windows: bool = False,
     ) -> None:
         load_began = reading()  # before torch loads: the first batch's thread count looks back this far
+        short_spin = short_openmp_spin()
         import torch
 
         from daemon.engines.models import load_checkpoint
@@ -111,12 +112,12 @@ class OpenAIWhisperEngine:
         self.batch_size = max(1, batch_size)
         # The token loop is thousands of tiny operations. When idle OpenMP workers give their
         # cores up soon it uses every thread; with long-spinning workers (torch was loaded before
-        # loader could set that up) one thread, which stays fast when other programs share the
+        # hardware could set that up) one thread, which stays fast when other programs share the
         # cores, where two threads slow down tenfold.
-        self.decode_threads = torch.get_num_threads() if SHORT_SPIN else 1
+        self.decode_threads = torch.get_num_threads() if short_spin else 1
         self.threads = torch.get_num_threads()
         # threads: 0 lets the number follow the load, as long as idle threads give their cores up
-        self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and SHORT_SPIN else None
+        self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and short_spin else None
         self._last_threads = self.threads
         self.beam_size = beam_size if beam_size and beam_size > 1 else None
         device = pick_device(device)

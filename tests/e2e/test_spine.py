@@ -60,7 +60,7 @@ def test_dropped_files_become_transcripts_subtitles_and_archived_originals(tree,
     assert vtt.startswith("WEBVTT") and "-->" in vtt
 
     doc = json.loads((tree.outbox / "meeting.json").read_text())
-    from daemon.engines.loader import cpu_has_bf16
+    from daemon.engines.hardware import cpu_has_bf16
 
     # precision auto: the encoder in bfloat16 where this CPU multiplies it natively
     assert doc["model"] == "tiny.en" and doc["device"] == "cpu" and doc["precision"] == ("bf16" if cpu_has_bf16() else "fp32")

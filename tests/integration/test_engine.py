@@ -12,7 +12,8 @@ import whisper
 from daemon.audio import SAMPLE_RATE, Chunk, Vad, iter_chunks
 from daemon.config import ModelConfig
 from daemon.engines.faster_whisper import FasterWhisperEngine
-from daemon.engines.loader import load_engine, pick_device, pick_precision
+from daemon.engines.hardware import pick_device, pick_precision
+from daemon.engines.loader import load_engine
 from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
 from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_segments, parse_window
 from daemon.errors import ModelError
@@ -335,7 +336,7 @@ def test_faster_whisper_engine(talk):
 
 
 def test_load_engine_from_config(model_cache):
-    from daemon.engines.loader import cpu_has_bf16
+    from daemon.engines.hardware import cpu_has_bf16
 
     engine = load_engine(ModelConfig(name="tiny.en", device="cpu", precision="auto", batch_size=4), model_cache)
     expected = "bf16" if cpu_has_bf16() else "fp32"
@@ -500,7 +501,7 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
 def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk):
     import torch
 
-    from daemon.engines.loader import cpu_has_amx, cpu_has_bf16
+    from daemon.engines.hardware import cpu_has_amx, cpu_has_bf16
 
     chunks, reference = talk
     bf16 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="bf16", batch_size=8)
@@ -554,10 +555,16 @@ def test_openmp_workers_stop_spinning_soon_unless_told_otherwise(given, expected
     names = ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_WAIT_POLICY")
     env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(given)
-    code = (
-        "import os, sys, daemon.engines.loader as l; assert 'torch' not in sys.modules; "
-        f"print(l.SHORT_SPIN, *(os.environ.get(k, '-') for k in {names!r}))"
-    )
+    code = "\n".join([
+        "import os, sys",
+        f"names = {names!r}",
+        "before = [os.environ.get(k) for k in names]",
+        "import daemon.engines.loader",
+        "assert 'torch' not in sys.modules, 'importing the loader loaded torch'",
+        "assert [os.environ.get(k) for k in names] == before, 'importing the loader changed the environment'",
+        "from daemon.engines.hardware import short_openmp_spin",
+        "print(short_openmp_spin(), *(os.environ.get(k, '-') for k in names))",
+    ])
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
