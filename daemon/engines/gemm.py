@@ -2,10 +2,9 @@
 
 Almost all of Whisper's work on a CPU is linear layers: the encoder's projections and MLPs,
 and in the token loop the projection onto the 51,864-word vocabulary. torch sends fp32
-``F.linear`` to MKL, which on CPUs other than Intel's takes a slow path (measured on a 2-core
-AMD EPYC with AVX-512: 167 GFLOPS against oneDNN's 380 on the encoder's shapes, and 11.8 ms
-against 6.2 ms for the vocabulary projection at batch 16). oneDNN ships inside torch and
-computes the same fp32 products (results differ by float rounding, ~1e-6 relative).
+``F.linear`` to MKL, which on CPUs other than Intel's takes a slow path (docs/decisions.md has
+the measurements). oneDNN ships inside torch and computes the same fp32 products (results
+differ by float rounding).
 
 Which one is faster is measured once per machine on the model's own shapes and stored in the
 model cache, so every worker, every restart and every resumed job uses the same one.

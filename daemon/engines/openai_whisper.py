@@ -38,13 +38,13 @@ MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 1
 FIT_MARGIN_SECONDS = 3.0
 FIT_MIN_SECONDS = 10.0
 # Fit windows come in steps of 2 s (200 mel frames), so that a long recording makes a dozen
-# window shapes, not hundreds: each new shape leaves kernels and freed blocks of its own behind
-# (measured in the daemon, 60 min against 5 min: peak RSS 1.30x with any even length, 1.09x in 2 s steps).
+# window shapes, not hundreds: each new shape leaves kernels and freed blocks of its own behind,
+# and a long recording's peak memory would grow with them (docs/decisions.md).
 FIT_STEP_FRAMES = 200
 # On a CPU in bf16, short windows of one length are encoded together, up to this many mel frames
-# per call: four 10 s windows, two 20 s ones, a 30 s window alone. Measured on a 2-core Xeon with
-# AMX, the 60 memos' 64 windows: 1.06-1.09 s in fours against 1.45-1.61 s one by one; full windows
-# gain nothing in fours and their attention then holds four times the memory; fp32 gains nothing.
+# per call: four 10 s windows, two 20 s ones, a 30 s window alone. Alone, a short window's products
+# are too small for the matrix units; full windows gain nothing in groups and their attention then
+# holds four times the memory; fp32 gains nothing (docs/decisions.md).
 ENCODE_GROUP_FRAMES = 4000
 
 
@@ -315,8 +315,7 @@ class OpenAIWhisperEngine:
         fallbacks reuse them. A GPU encodes the whole batch at once. On a CPU the encoder takes
         short windows of one length together, ``_group_size`` at a time (one in fp32: it is
         compute-bound there and a batch gains nothing, its activations only growing out of the
-        caches; measured on 2 cores: 0.152 s per window one at a time, 0.178 s in eights, the
-        features bit for bit the same). Each window is encoded from its first ``frames[i]`` mel
+        caches, the features bit for bit the same). Each window is encoded from its first ``frames[i]`` mel
         frames (fit windows; all 3,000 without ``frames``), the features padded with zeros to the
         longest. What ``prepare`` encoded ahead is taken from there, and the windows it left
         waiting for their group are encoded with the rest, so that a window's group is the same

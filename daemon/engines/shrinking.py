@@ -1,40 +1,32 @@
 """whisper's decoding loop, with finished items leaving the batch, and a faster CPU step.
 
-``whisper.decode`` runs every item of a batch until the last one reaches end-of-text:
-an item that finished after 40 tokens keeps paying for its cross-attention, which
-reads all 1,500 audio frames of every layer at every step, until the longest item
-is done after 120. Here ended items leave the batch (their tokens, audio features and
-key/value caches) and the rest carry on; they leave in groups, once a quarter of the
-batch has ended, since each leaving moves rows and copies the self-attention caches
-(measured: leaving at every end is slower). Everything else
-is whisper's own: the same ``DecodingTask`` with its logit filters, greedy decoder,
-ranking and results, so the tokens are the ones ``whisper.decode`` picks.
+``whisper.decode`` runs every item of a batch until the last one reaches end-of-text: an item
+that finished early keeps paying for its cross-attention, which reads all 1,500 audio frames of
+every layer at every step, until the longest item is done. Here ended items leave the batch
+(their tokens, audio features and key/value caches) and the rest carry on; they leave in groups,
+once a quarter of the batch has ended, since each leaving moves rows and copies the
+self-attention caches. Everything else is whisper's own: the same ``DecodingTask`` with its logit
+filters, greedy decoder, ranking and results, so the tokens are the ones ``whisper.decode`` picks.
 
-On the CPU the token step itself is ``CpuInference``: whisper's text decoder, layer for
-layer with the model's own modules, except that each layer's cross-attention keys and
-values are laid out once per batch the way the step reads them (keys as heads × dims ×
-frames). PyTorch's fused attention on a CPU has no fast path for one query against
-1,500 keys; two plain matrix products over that layout take 40% less time.
+On the CPU the token step itself is ``CpuInference``: whisper's text decoder, layer for layer
+with the model's own modules, except that each layer's cross-attention keys and values are laid
+out once per batch the way the step reads them (keys as heads × dims × frames), for two plain
+matrix products: PyTorch's fused attention on a CPU has no fast fp32 path for one query against
+1,500 keys.
 
-Reading those keys and values is most of a token step's cost: 12 KB per row and audio frame
-(tiny), against 80 MB for the vocabulary projection shared by the whole batch. With fit
-windows a batch mixes lengths, so the CPU step sorts its rows by length and splits them into
-a few groups of like lengths (``length_groups``), each laid out only as long as its longest
-row; a 4 s memo batched with a 20 s one no longer reads the 20 s one's padding at every token
-(measured on 64 memo chunks at batch 32: the token loop 5.2 s → 3.2 s).
+Reading those keys and values is most of a token step's cost. With fit windows a batch mixes
+lengths, so the CPU step sorts its rows by length and splits them into a few groups of like
+lengths (``length_groups``), each laid out only as long as its longest row: a short memo batched
+with a long one no longer reads the long one's padding at every token.
 
 With ``bf16_vocabulary`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the
-vocabulary projection multiplies by a bf16 copy of the token embeddings (40 MB instead of 80
-read per step; the fp32 ones stay for the embedding lookup), accumulating in fp32. With
+vocabulary projection multiplies by a bf16 copy of the token embeddings (half the bytes read per
+step; the fp32 ones stay for the embedding lookup), accumulating in fp32. With
 ``bf16_attention`` as well (where the CPU has AMX) the cross-attention keys and values, keys
 laid out like the values, are bfloat16 and go to PyTorch's fused attention, which accumulates
 and takes the softmax in fp32: half the bytes per token, and half the batch's largest block of
-memory (9 MB per row instead of 18). Measured on a 2-core Xeon with AMX, one step for 16 rows:
-cross-attention 1.1 ms against 1.6-1.8 ms for the two fp32 products, the vocabulary 1.8 ms
-against 4.6 ms. On a 2-core AMD EPYC (Zen 4: AVX-512 BF16, no AMX) the fused bf16 attention is
-the slower one, and the vocabulary alone pays: daemon runs interleaved over 4 rounds, 60 memos
-in 10.2 s against 12.4 s with both and 11.2 s with neither, a 5.5-minute recording in 5.9 s
-against 7.8 s and 6.4 s.
+memory. Without AMX the fused bf16 attention is slower than the two fp32 products, so only the
+vocabulary is read in bf16 there. docs/decisions.md has the measurements behind each choice.
 
 Only greedy decoding (one sequence per item) shrinks; beam search and sampling keep
 whisper's loop.
@@ -259,9 +251,8 @@ class BatchTimestampRules(ApplyTimestampRules):
     ``apply`` loops over the rows, and for each it reads the tokens back (``tolist``), picks
     out the timestamps by a mask and slices by the last one: on a GPU each of those waits for
     the device, about four times per row and token. Here the same masks are built with tensor
-    operations for all rows, with no wait (on an H200 in fp16, 60 memos in batches of 64:
-    0.67 s against 1.19-1.22 s; on a CPU no change). A test holds the masked logits equal to
-    whisper's on token states of every kind."""
+    operations for all rows, with no wait (docs/decisions.md: faster on a GPU, the same on a
+    CPU). A test holds the masked logits equal to whisper's on token states of every kind."""
 
     _vocab: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # token ids, is timestamp, is text
 

@@ -2,11 +2,9 @@
 
 Each of the model's parallel steps waits for its slowest thread. When another program keeps
 one of two cores busy, the thread that shares its core runs at half speed and holds the other
-one back: measured on 2 cores with a busy loop on one, whisperd took 2.0-2.3× as long as on
-a quiet machine with two threads throughout, 1.35× when it counts the loop's core out. So
-before each batch the engine asks how busy the other programs kept the CPU since the last
-batch (or since the model began to load), and uses the cores they left. The text does not depend
-on the number of threads (checked on 5.5 minutes of speech: 1 and 2 give the same segments).
+one back (docs/decisions.md has the measurements). So before each batch the engine asks how
+busy the other programs kept the CPU since the last batch (or since the model began to load),
+and uses the cores they left. The text does not depend on the number of threads.
 """
 
 from __future__ import annotations

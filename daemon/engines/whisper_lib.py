@@ -1,14 +1,14 @@
 """openai-whisper, imported and built without the work whisperd does not need.
 
 A worker's model load is on the way of its first transcripts, so two pieces of it are
-left out (measured on a 2-core AMD EPYC, tiny.en: the load from 1.5 s to 1.2 s, alone):
+left out (docs/decisions.md, "A lean model load"):
 
 - ``whisper/__init__`` imports ``whisper.transcribe``, which imports ``whisper.timing``,
-  which imports numba to compile its word-timing kernels (0.25-0.3 s). whisperd asks
+  which imports numba to compile its word-timing kernels. whisperd asks
   whisper for no word timings, so ``whisper.timing`` stands in until something does:
   its ``add_word_timestamps``, or any other name asked of it, imports the real module
   then and hands over.
-- ``Whisper(dims)`` fills every weight with random numbers (0.17 s) that the checkpoint
+- ``Whisper(dims)`` fills every weight with random numbers that the checkpoint
   then replaces. ``Whisper`` is built with torch's weight initializers switched off.
 """
 
