@@ -60,6 +60,13 @@ class FolderConfig:
     chinese: str = "as-is"  # the script of Chinese transcripts (OpenCC): as-is, simplified, traditional
     max_line_width: int | None = None  # subtitle characters a line; None: outputs' default for the language
     max_line_count: int = 2  # subtitle lines a cue
+    # speaker labels (``speakers: true``, or the number of speakers when it is known): 0 off,
+    # -1 on with the number found by clustering, n > 0 on with n speakers
+    speakers: int = 0
+
+    @property
+    def speaker_count(self) -> int | None:
+        return self.speakers if self.speakers > 0 else None
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,7 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         chinese=s.choice("chinese", CHINESE),
         max_line_width=s.get("max_line_width", _line_width, "auto, or a whole number of characters of at least 1"),
         max_line_count=s.number("max_line_count", minimum=1, integer=True),
+        speakers=s.get("speakers", _speakers, "true, false, or the number of speakers (a whole number from 1 to 20)"),
     )
     s.finish()
     for name in ("output", "archive", "failed"):
@@ -333,6 +341,14 @@ def _line_width(v: Any) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError
     return v
+
+
+def _speakers(v: Any) -> int:
+    if isinstance(v, bool):
+        return -1 if v else 0
+    if isinstance(v, int) and 1 <= v <= 20:
+        return v
+    raise ValueError
 
 
 def _windows(v: Any) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import json
@@ -48,9 +49,12 @@ class Segment:
     end: float
     text: str
     words: tuple[Word, ...] = ()
+    speaker: str | None = None  # "Speaker 1", … (``speakers``), once the file's speakers are known
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        if self.speaker is not None:
+            d["speaker"] = self.speaker
         if self.words:
             d["words"] = [w.to_dict() for w in self.words]
         return d
@@ -58,7 +62,24 @@ class Segment:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Segment":
         words = tuple(Word.from_dict(w) for w in d.get("words") or ())
-        return cls(float(d["start"]), float(d["end"]), str(d["text"]), words)
+        return cls(float(d["start"]), float(d["end"]), str(d["text"]), words, d.get("speaker"))
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice print (``speakers``): a speaker embedding of the speech from ``start`` to
+    ``end`` seconds into the file, as float16 bytes."""
+
+    start: float
+    end: float
+    vector: bytes = dataclasses.field(repr=False)
+
+    def to_list(self) -> list[Any]:
+        return [self.start, self.end, base64.b64encode(self.vector).decode("ascii")]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> "Voice":
+        return cls(float(v[0]), float(v[1]), base64.b64decode(v[2]))
 
 
 @dataclass(frozen=True)
@@ -69,17 +90,18 @@ class Checkpoint:
     segments: tuple[Segment, ...] = ()
     language: str | None = None
     chunks_done: int = 0
+    voices: tuple[Voice, ...] = ()  # the voice prints of everything before ``offset`` (``speakers``)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "offset": self.offset,
-                "language": self.language,
-                "chunks_done": self.chunks_done,
-                "segments": [s.to_dict() for s in self.segments],
-            },
-            ensure_ascii=False,
-        )
+        d: dict[str, Any] = {
+            "offset": self.offset,
+            "language": self.language,
+            "chunks_done": self.chunks_done,
+            "segments": [s.to_dict() for s in self.segments],
+        }
+        if self.voices:
+            d["voices"] = [v.to_list() for v in self.voices]
+        return json.dumps(d, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | None) -> "Checkpoint":
@@ -91,6 +113,7 @@ class Checkpoint:
             segments=tuple(Segment.from_dict(s) for s in d.get("segments", [])),
             language=d.get("language"),
             chunks_done=int(d.get("chunks_done", 0)),
+            voices=tuple(Voice.from_list(v) for v in d.get("voices", [])),
         )
 
 

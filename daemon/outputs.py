@@ -59,6 +59,47 @@ def _writers() -> dict[str, Any]:
     return {"txt": WriteTXT, "srt": WriteSRT, "vtt": WriteVTT, "json": WriteJSON}
 
 
+def _speaker_writers() -> dict[str, Any]:
+    """The writers for a transcript whose segments say who spoke (``speakers``). txt: one
+    paragraph a turn, "Speaker 1: …". Subtitles: whisper's own cues, cut within each turn (so
+    no cue holds two speakers); SRT names the speaker on the first cue of each turn, VTT gives
+    every cue its voice tag (``<v Speaker 1>``), which players may show or style."""
+    writers = _writers()
+
+    class TurnsTXT(writers["txt"]):  # type: ignore[misc, valid-type]
+        def write_result(self, result: dict[str, Any], file: Any, options: Any = None, **kwargs: Any) -> None:
+            for turn in _turns(result["segments"]):
+                text = " ".join(s["text"].strip() for s in turn if s["text"].strip())
+                print(f"{turn[0].get('speaker')}: {text}\n", file=file, flush=True)
+
+    def by_turn(base: Any, tag: Any) -> Any:
+        class TurnsSubtitles(base):  # type: ignore[misc, valid-type]
+            def iterate_result(self, result: dict[str, Any], options: Any = None, **kwargs: Any) -> Any:
+                for turn in _turns(result["segments"]):
+                    cues = super().iterate_result({**result, "segments": turn}, options, **kwargs)
+                    for i, (start, end, text) in enumerate(cues):
+                        yield start, end, tag(turn[0].get("speaker"), i, text)
+
+        return TurnsSubtitles
+
+    return {
+        "txt": TurnsTXT,
+        "srt": by_turn(writers["srt"], lambda who, i, text: f"{who}: {text}" if i == 0 else text),
+        "vtt": by_turn(writers["vtt"], lambda who, i, text: f"<v {who}>{text}"),
+        "json": writers["json"],
+    }
+
+
+def _turns(segments: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    out: list[list[dict[str, Any]]] = []
+    for seg in segments:
+        if out and out[-1][0].get("speaker") == seg.get("speaker"):
+            out[-1].append(seg)
+        else:
+            out.append([seg])
+    return out
+
+
 @dataclass(frozen=True)
 class Transcript:
     source: str  # the original's file name
@@ -112,7 +153,8 @@ def subtitle_result(t: Transcript) -> dict[str, Any]:
             end = min(max(w.end, start), limit)
             floor = end
             words.append({"word": w.word.replace("-->", "->"), "start": start, "end": end, "probability": w.probability})
-        segments.append({"start": words[0]["start"], "end": words[-1]["end"], "text": seg.text, "words": words})
+        segments.append({"start": words[0]["start"], "end": words[-1]["end"], "text": seg.text, "words": words,
+                         **({"speaker": seg.speaker} if seg.speaker else {})})
     result["segments"] = segments
     return result
 
@@ -179,7 +221,8 @@ def render(t: Transcript, fmt: str, style: Style = Style()) -> bytes:
     """One format of ``t``, written by whisper's own writer; subtitles cut by ``style``."""
     t = convert_script(t, style.chinese)
     buf = io.StringIO()
-    writer = _writers()[fmt](output_dir=".")
+    writers = _speaker_writers() if any(s.speaker for s in t.segments) else _writers()
+    writer = writers[fmt](output_dir=".")
     if fmt in ("srt", "vtt"):
         writer.write_result(
             subtitle_result(t), file=buf, max_line_width=style.line_width(t.language),

@@ -8,19 +8,23 @@ disk is idempotent, so a job picked up again after a crash ends the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import stat
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from daemon import audio, files, outputs
+if TYPE_CHECKING:
+    from daemon.voices import Printer
+
+from daemon import audio, files, outputs, speakers
 from daemon.config import Config, FolderConfig
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.errors import SourceGoneError, UnsafePathError, WhisperdError
-from daemon.jobs import Checkpoint, Job, Outcome, State
+from daemon.jobs import Checkpoint, Job, Outcome, State, Voice
 from daemon.prefetch import Prefetch
 from daemon.queue import Queue
 
@@ -63,22 +67,42 @@ def is_permanent(exc: BaseException) -> bool:
 class JobRun:
     """A claimed job being transcribed chunk by chunk."""
 
-    def __init__(self, job: Job, folder: FolderConfig, info: audio.AudioInfo, vad: audio.Vad, *, ahead: int = 0) -> None:
+    def __init__(
+        self, job: Job, folder: FolderConfig, info: audio.AudioInfo, vad: audio.Vad, *, ahead: int = 0,
+        printer: Callable[[], "Printer"] | None = None,
+    ) -> None:
         self.job = job
         self.folder = folder
         self.duration = info.duration
         cp = job.checkpoint
         self.checkpoint = cp
         self.started = time.monotonic()
-        chunks = audio.iter_chunks(
+        chunks: Iterator[audio.Chunk] = audio.iter_chunks(
             job.path, start_at=cp.offset, key=str(job.id), first_index=cp.chunks_done, vad=vad, container_format=info.container or None
         )
+        # ``speakers``: each chunk's voice prints, taken as it is cut (in the read-ahead thread)
+        # and kept in the checkpoint with its segments; None when the file has one voice
+        self.printer = printer if folder.speakers and not _one_voice(folder, info) else None
+        self._voices: dict[int, tuple[Voice, ...]] = {}
+        if self.printer is not None:
+            chunks = self._printed(chunks, self.printer)
         # with ``ahead``, the next chunks are decoded and cut while the model works on these
         self._chunks: Iterator[audio.Chunk] = Prefetch(chunks, ahead) if ahead > 0 else chunks
         self._peeked: audio.Chunk | None = None
         self.exhausted = False
         self.in_flight = 0
         self.annotated = False  # the queue knows its length and model
+
+    def _printed(self, chunks: Iterator[audio.Chunk], printer: Callable[[], "Printer"]) -> Iterator[audio.Chunk]:
+        for chunk in chunks:
+            self._voices[chunk.index] = printer().prints(chunk.audio, chunk.start)
+            yield chunk
+
+    def turns(self) -> list[speakers.Turn]:
+        """Who spoke when, from the voice prints of the whole file (``speakers``)."""
+        if self.printer is None:
+            return []
+        return self.printer().turns(self.checkpoint.voices, self.folder.speaker_count)
 
     @property
     def language(self) -> str | None:
@@ -120,15 +144,18 @@ class JobRun:
         """Fold this run's results (in chunk order) into a new checkpoint."""
         cp = self.checkpoint
         segments = list(cp.segments)
+        voices = list(cp.voices)
         language = cp.language
         offset = cp.offset
         for r in sorted(results, key=lambda r: r.index):
             segments.extend(s for s in r.segments if s.text.strip())
+            voices.extend(self._voices.pop(r.index, ()))
             language = language or r.language
             offset = max(offset, r.end)
         self.in_flight -= len(results)
         self.checkpoint = Checkpoint(
-            offset=offset, segments=tuple(segments), language=language, chunks_done=cp.chunks_done + len(results)
+            offset=offset, segments=tuple(segments), language=language, chunks_done=cp.chunks_done + len(results),
+            voices=tuple(voices),
         )
         return self.checkpoint
 
@@ -136,7 +163,13 @@ class JobRun:
         """All chunks done: the offset reaches the end of the audio."""
         cp = self.checkpoint
         end = self.duration if self.duration is not None else cp.offset
-        return Checkpoint(offset=max(cp.offset, end), segments=cp.segments, language=cp.language, chunks_done=cp.chunks_done)
+        return dataclasses.replace(cp, offset=max(cp.offset, end))
+
+
+def _one_voice(folder: FolderConfig, info: audio.AudioInfo) -> bool:
+    """Whether the file has one voice, where that is known before listening: one speaker by
+    the folder's word, or too short for the clustering to find two."""
+    return folder.speaker_count == 1 or (info.duration is not None and info.duration < speakers.MIN_SECONDS)
 
 
 class Steps:
@@ -196,9 +229,10 @@ class Steps:
         """Write the outputs, archive the original, mark the job done."""
         folder = self.folder(job)
         cp = run.final_checkpoint()
+        segments = speakers.label(cp.segments, run.turns()) if folder.speakers else cp.segments
         transcript = outputs.Transcript(
             source=job.name,
-            segments=cp.segments,
+            segments=segments,
             language=cp.language,
             duration=run.duration,
             model=info.model,

