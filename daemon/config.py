@@ -81,6 +81,7 @@ class JobsConfig:
     max_attempts: int = 3
     lease_seconds: float = 120.0
     retry_base_seconds: float = 60.0
+    database_wait_seconds: float = 30.0  # how long a write waits for another program's lock on the queue database
 
 
 @dataclass(frozen=True)
@@ -421,6 +422,7 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
         max_attempts=j.number("max_attempts", minimum=1, integer=True),
         lease_seconds=j.number("lease_seconds", minimum=1),
         retry_base_seconds=j.number("retry_base_seconds"),
+        database_wait_seconds=j.number("database_wait_seconds", minimum=0.1),
     )
     j.finish()
 

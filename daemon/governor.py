@@ -6,6 +6,10 @@ is what the service loop and the workers call.
 
 The gates, in the order they are checked:
 
+0. **A fault of the machine** (``Governor.fault``: a model that cannot be
+   loaded, a folder that cannot be written, a locked database; see faults.py):
+   nothing starts and running jobs are handed back, until the service finds the
+   cause gone.
 1. **Thermal.** Serious or critical: nothing starts and running jobs pause at
    their next chunk boundary. Work resumes only once the level has stayed
    below serious for ``thermal.cooldown_seconds``, so it does not flap. Fair:
@@ -132,6 +136,7 @@ class GovernorInputs:
     only_on_ac_power: bool = False
     idle_seconds: float | None = None  # None: cannot tell
     only_when_idle_minutes: float = 0.0
+    fault: str | None = None  # a fault of the machine holding all work back, in words
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class Decision:
     reason: str | None = None  # what holds work back, as a sentence for `whisperd status`; None: nothing
     pause_running: bool = False  # running jobs stop at their next chunk boundary
     immediate_only: bool = False  # the slots are for jobs from immediate folders only
-    blocked_by: str | None = field(default=None, compare=False)  # which gate held work back: thermal, power, capacity, timing, memory
+    blocked_by: str | None = field(default=None, compare=False)  # which gate held work back: fault, thermal, power, capacity, timing, memory
 
 
 def _gb(n: float) -> str:
@@ -201,6 +206,8 @@ def memory_slots(i: GovernorInputs, wanted: int) -> tuple[int, str | None]:
 
 def decide(i: GovernorInputs) -> Decision:
     """The pure policy: see the module docstring for the order of the gates."""
+    if i.fault:
+        return Decision(0, i.fault, pause_running=True, blocked_by="fault")
     paused = _thermal_pause(i)
     if paused:
         return Decision(0, paused, pause_running=True, blocked_by="thermal")
@@ -274,6 +281,7 @@ class Governor:
         self._hot_level: ThermalLevel | None = None
         self._last_hot: float | None = None
         self.last_decision: Decision | None = None
+        self.fault: str | None = None  # set by the service while a fault of the machine holds work back
 
     @property
     def reading(self) -> ThermalReading | None:
@@ -345,6 +353,7 @@ class Governor:
             only_on_ac_power=cfg.power.only_on_ac_power,
             idle_seconds=float(idle) if isinstance(idle, (int, float)) else None,
             only_when_idle_minutes=cfg.power.only_when_idle_minutes,
+            fault=self.fault,
         )
 
     def decide(self, running: int, immediate_waiting: bool = False, ignore_windows: bool = False,

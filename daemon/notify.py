@@ -134,5 +134,17 @@ class Notifier:
         log.debug("notification: %s", summary.text, extra={"action": "notify.sent" if ok is not False else "notify.failed"})
         return summary
 
+    def alert(self, text: str) -> None:
+        """Send ``text`` at once, on its own (why work has stopped: it must not wait for a summary)."""
+        if not self.enabled:
+            return
+        assert self._send is not None
+        try:
+            ok = self._send(self._title, text)
+        except Exception as exc:  # a banner must never take the daemon down
+            log.debug("notification failed: %s", exc, extra={"action": "notify.failed"})
+            ok = False
+        log.debug("notification: %s", text, extra={"action": "notify.sent" if ok is not False else "notify.failed"})
+
     def close(self) -> Summary | None:
         return self.flush()

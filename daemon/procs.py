@@ -7,8 +7,9 @@ system (a thread that drops a model rarely does); and a crash in a decoder or
 the model takes down one worker, not the daemon.
 
 Parent and child talk over one duplex pipe with plain values: the parent
-sends a ``Permission`` whenever it changes, ``"wake"`` and ``"stop"``; the
-child sends ``("status", busy, job_ids)`` and ``("outcome", Outcome)``. When
+sends a ``Permission`` whenever it changes, ``"wake"``, ``"resume"`` (a fault
+of the machine is gone) and ``"stop"``; the child sends ``("status", busy,
+job_ids)``, ``("outcome", Outcome)`` and ``("fault", Fault)``. When
 the parent dies, the pipe closes, and the child hands its jobs back and exits
 instead of living on as an orphan. Log records travel back over a queue and
 are written by the parent's handlers.
@@ -29,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from daemon.config import Config
+from daemon.faults import Fault
 from daemon.jobs import Outcome, Permission
 
 log = logging.getLogger("whisperd.procs")
@@ -51,6 +53,7 @@ class WorkerProcess:
         self.permission: Permission | None = None
         self.owner: str | None = None  # the lease owner the child uses: host:pid:name
         self.started_at = 0.0
+        self.faults: list[Fault] = []  # reported by the child, not yet taken by the daemon
 
     @property
     def alive(self) -> bool:
@@ -100,9 +103,15 @@ class WorkerProcess:
                     self.owner = msg[1]
                 elif msg[0] == "outcome":
                     outcomes.append(msg[1])
+                elif msg[0] == "fault":
+                    self.faults.append(msg[1])
         except (EOFError, OSError):
             self._closed()
         return outcomes
+
+    def take_faults(self) -> list[Fault]:
+        faults, self.faults = self.faults, []
+        return faults
 
     def reap_if_dead(self) -> int | None:
         """The exit code of a worker that ended since the last look, else None."""
@@ -158,6 +167,7 @@ class _Link:
         self.stop = stop
         self.wake = wake
         self.permission = Permission(claim=False)
+        self.resume = threading.Event()  # the daemon found the machine's fault gone
         self.lock = threading.Lock()
         self.last_status: tuple[bool, tuple[int, ...]] | None = None
         threading.Thread(target=self._read, name="parent-link", daemon=True).start()
@@ -176,6 +186,8 @@ class _Link:
                 self.permission = msg
             elif msg == "stop":
                 self.stop.set()
+            elif msg == "resume":
+                self.resume.set()
             self.wake.set()
 
     def send(self, msg: Any) -> None:
@@ -215,7 +227,7 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
     link = _Link(conn, stop, wake)
     owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
     link.send(("owner", owner))
-    queue = Queue(config.database)
+    queue = Queue(config.database, busy_timeout=config.jobs.database_wait_seconds)
     cache = config.model.cache_dir or config.state_dir / "models"
     worker = Worker(
         owner,
@@ -226,12 +238,16 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
         stop=stop,
         wake=wake,
         on_outcome=lambda o: link.send(("outcome", o)),
+        on_fault=lambda f: link.send(("fault", f)),
     )
     worker.warm_up()  # started because work is waiting
     idle_limit = config.model.idle_unload_minutes * 60
     idle_since = time.monotonic()
     try:
         while not stop.is_set():
+            if link.resume.is_set():
+                link.resume.clear()
+                worker.resume()
             worked = worker.step()
             link.status(worker.busy, worker.active_jobs())
             if worked:

@@ -25,6 +25,7 @@ from daemon import config as config_mod
 from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
+from daemon.faults import Fault, Faults, MachineFault, writable
 from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
 from daemon.queue import Queue
@@ -145,6 +146,9 @@ class Service:
         # scans and content hashes: a stalled disk blocks one of these threads, never the loop
         self.reads = OffThread(on_done=self.flags.wake.set, monotonic=monotonic)
         self._hashing: dict[str, Settled] = {}
+        self.faults = Faults(monotonic=monotonic, clock=clock)  # faults of the machine holding work back
+        self._announced: set[str] = set()  # faults a banner told of, not told again until work went on
+        self._exit_code = EX_OK
         self._events: set[str] = set()
         self._events_lock = threading.Lock()
         self._ignore_windows = False
@@ -177,7 +181,7 @@ class Service:
     def run(self, *, drain: bool = False, ignore_windows: bool = False) -> int:
         self._ignore_windows = ignore_windows
         with InstanceLock(self.config.state_dir):
-            self.queue = Queue(self.config.database)
+            self.queue = Queue(self.config.database, busy_timeout=self.config.jobs.database_wait_seconds)
             log_queue = new_log_queue()
             listener = log_listener(log_queue)
             self._log_queue = log_queue
@@ -190,7 +194,8 @@ class Service:
 
     def _run(self, drain: bool) -> int:
         assert self.queue is not None
-        self._recover()
+        if not self._recover_when_possible():
+            return self._exit_code
         watcher = None
         timers = None
         if not drain:
@@ -225,7 +230,23 @@ class Service:
                 self.notifier.close()
             self._write_status(stopping=True)
             log.info("whisperd stopped", extra={"action": "service.stop"})
-        return EX_OK
+        return self._exit_code
+
+    def _recover_when_possible(self) -> bool:
+        """``_recover``, waiting (and saying why) while another program holds the database's
+        lock. False when told to stop meanwhile."""
+        while not self.flags.stop.is_set():
+            try:
+                self._recover()
+            except MachineFault as exc:
+                self._fault(exc.fault)
+                self._write_status(reason=self.faults.reason())
+                self.flags.wake.wait(self.config.watch.poll_seconds)
+                self.flags.wake.clear()
+                continue
+            self._resume("database")
+            return True
+        return False
 
     def _recover(self) -> None:
         """Repair what a crash may have left: running jobs and hidden temporary files."""
@@ -284,6 +305,8 @@ class Service:
         for w in self.workers:
             for outcome in w.poll():
                 self._outcome(outcome)
+            for fault in w.take_faults():
+                self._fault(fault)
             owner = w.owner
             code = w.reap_if_dead()
             if code is not None:
@@ -295,6 +318,8 @@ class Service:
 
     def _outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        if outcome.state is State.DONE:
+            self._announced &= set(self.faults.held)  # work went on: a fault that comes back is news again
         if self.notifier is not None:
             name = os.path.basename(outcome.path)
             if outcome.state is State.DONE:
@@ -311,19 +336,65 @@ class Service:
         self.flags.wake.set()
 
     def _tick(self) -> None:
-        if self._rescan_due:
-            self._rescan_due = False
-            self.rescan()
-        self._drain_events()
-        for settled in self.settler.poll():
-            self._read(settled)
         self._collect_reads()
-        self._poll_workers()
-        self._decide()
-        self._heartbeat()
-        self._power_and_banners()
+        self._look_again()
+        try:
+            if "database" not in self.faults.held:  # else only the look again runs, off this thread
+                if self._rescan_due:
+                    self._rescan_due = False
+                    self.rescan()
+                self._drain_events()
+                for settled in self.settler.poll():
+                    self._read(settled)
+                self._poll_workers()
+                self._decide()
+                self._heartbeat()
+                self._power_and_banners()
+            else:
+                self._decide()  # tells the workers to hold; no claim is counted while the fault holds
+        except MachineFault as exc:
+            self._fault(exc.fault)
+            self._decide()
         if not self._unscanned:
             self._first_tick = False  # the start-up scan is in: the files waiting at start are known
+
+    # -- faults of the machine -----------------------------------------------
+
+    def _fault(self, fault: Fault) -> None:
+        """A worker (or this loop) met a fault of the machine: hold work back, and say so once."""
+        if self.faults.add(fault) and fault.key not in self._announced:
+            self._announced.add(fault.key)
+            if self.notifier is not None:
+                self.notifier.alert(fault.reason)
+        self.flags.wake.set()
+
+    def _resume(self, key: str) -> None:
+        if self.faults.clear(key) is None:
+            return
+        for w in self.workers:
+            w.send("resume")
+        self.flags.wake.set()
+
+    def _look_again(self) -> None:
+        """Look again at each fault that is due, off this thread (the disk in question may hang).
+        A model is not looked at here: the next worker's load is the test (at every reload too)."""
+        for fault in self.faults.due():
+            if fault.key == "model":
+                self._resume(fault.key)
+                continue
+            if self.reads.submit(("check", fault.key), self._check(fault), what=fault.key):
+                self.faults.still(fault.key)
+
+    def _check(self, fault: Fault) -> Callable[[], bool]:
+        queue = self.queue
+        assert queue is not None
+        if fault.key == "database":
+            return lambda: queue.writable(timeout=1.0)
+        if fault.path is not None:
+            folder = Path(fault.path)
+            return lambda: writable(folder)
+        roots = [d for f in self.config.folders for d in (f.output, f.archive, f.failed)]
+        return lambda: all(writable(d) for d in roots)
 
     def rescan(self) -> None:
         for i, folder in enumerate(self.config.folders):
@@ -354,6 +425,10 @@ class Service:
                     continue
                 for found in result:
                     self.settler.add(found)
+                continue
+            if kind == "check":
+                if result is True:
+                    self._resume(what)
                 continue
             settled = self._hashing.pop(what, None)
             if settled is None:
@@ -386,10 +461,15 @@ class Service:
     def _enqueue(self, settled: Settled, digest: str | None) -> None:
         assert self.queue is not None
         found = settled.found
-        job = self.queue.enqueue(
-            folder=found.folder, path=found.path, rel=found.rel, size=settled.size, mtime=settled.mtime,
-            content_hash=digest, now=self.clock(),
-        )
+        try:
+            job = self.queue.enqueue(
+                folder=found.folder, path=found.path, rel=found.rel, size=settled.size, mtime=settled.mtime,
+                content_hash=digest, now=self.clock(),
+            )
+        except MachineFault as exc:
+            self.settler.add(found)  # queued once the database takes writes again
+            self._fault(exc.fault)
+            return
         if job is not None:
             log.info("queued %s", found.rel, extra={"action": "job.queued", "job": job.id})
             for w in self.workers:
@@ -402,8 +482,11 @@ class Service:
         into its batch (short files sharing the model's window) when its own slot
         would be allowed: that adds no model and no concurrency.
         """
+        self.governor.fault = self.faults.reason()
+        held = self.faults.held_inboxes()  # inboxes whose disk is gone: their files wait, the others go on
         busy = [w for w in self.workers if w.busy]
-        immediate = tuple(i for i, f in enumerate(self.config.folders) if f.immediate)
+        immediate = tuple(i for i, f in enumerate(self.config.folders) if f.immediate and i not in held)
+        others = tuple(i for i in range(len(self.config.folders)) if i not in held) if held else None
         fresh = self.governor.decide(len(busy), bool(immediate), self._ignore_windows)
         again = self.governor.decide(len(busy) - 1, bool(immediate), self._ignore_windows) if busy else fresh
         perms: dict[str, Permission] = {}
@@ -415,7 +498,7 @@ class Service:
                 d, allowed = fresh, n_idle < fresh.slots
                 n_idle += 1
             perms[w.name] = Permission(
-                claim=allowed, folders=immediate if d.immediate_only else None, pause=d.pause_running, reason=d.reason,
+                claim=allowed, folders=immediate if d.immediate_only else others, pause=d.pause_running, reason=d.reason,
             )
         self.decision = fresh
         self._permissions = perms
@@ -428,6 +511,8 @@ class Service:
         reason = None if any(w.busy for w in self.workers) and not fresh.pause_running else fresh.reason
         if reason and reason.startswith("busy:"):
             reason = None
+        if reason is None and held:
+            reason = "; ".join(h.fault.reason for h in self.faults.held.values() if h.fault.inbox is not None)
         self._write_status(reason=reason)
 
     def _arriving(self, perm: Permission) -> bool:
@@ -468,6 +553,12 @@ class Service:
 
     def _drained(self) -> bool:
         assert self.queue is not None
+        paused = self.faults.reason()
+        if paused and not any(w.busy for w in self.workers):
+            # a fault of the machine holds the work: say why and stop (cron-style use); files stay waiting
+            log.warning("stopping with work left: %s", paused, extra={"action": "service.drain_blocked"})
+            self._exit_code = EX_TEMPFAIL
+            return True
         if len(self.settler) or self.reads.pending() or any(w.busy for w in self.workers):
             return False
         if self.queue.pending() == 0:
@@ -500,6 +591,8 @@ class Service:
             return watcher
         self.config = new
         self.governor.config = new
+        self.faults.clear_all()  # a new configuration may have fixed what held work back: everything is tried again
+        self._announced.clear()
         self._stop_workers()  # they save their place; new ones start with the new settings
         self._start_workers()
         self.settler.settle_seconds = new.watch.settle_seconds
@@ -519,6 +612,7 @@ class Service:
             "running": not stopping,
             "reason": reason,
             "workers": len(self.workers),
+            "faults": self.faults.describe(),
         }
         if status == self._status:
             return

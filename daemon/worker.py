@@ -19,6 +19,7 @@ from daemon import audio, voices
 from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
+from daemon.faults import Fault, MachineFault, folder_fault, model_fault
 from daemon.jobs import Job, Outcome, Permission
 from daemon.pipeline import JobRun, LeaseLost, Steps
 from daemon.queue import Queue
@@ -42,6 +43,7 @@ class Worker:
         stop: threading.Event,
         wake: threading.Event,
         on_outcome: Callable[[Outcome], None] = lambda o: None,
+        on_fault: Callable[[Fault], None] = lambda f: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -53,7 +55,11 @@ class Worker:
         self.stop = stop
         self.wake = wake
         self.on_outcome = on_outcome
+        self.on_fault = on_fault
         self.clock = clock
+        # a fault of the machine met: nothing is claimed until the daemon says it is gone (``resume``)
+        self.held: Fault | None = None
+        self._unreleased: list[Job] = []  # jobs to hand back once the database takes writes again
         self.engine: Engine | None = None
         self._loading: Future[Engine] | None = None
         self.vad: audio.Vad | None = None
@@ -68,12 +74,16 @@ class Worker:
         return bool(self.runs)
 
     def active_jobs(self) -> list[int]:
-        return [r.job.id for r in list(self.runs)]
+        return [r.job.id for r in list(self.runs)] + [j.id for j in self._unreleased]
 
     def shutdown(self, reason: str) -> None:
         """Hand every open job back with its place saved. The model stays loaded: the
         worker's process ends next, and its end gives the memory back."""
         self._release_all(reason)
+        try:
+            self._release_held()
+        except MachineFault:
+            pass  # the database is still locked: the daemon takes them back when it can
 
     def warm_up(self) -> None:
         """Start loading the model in a thread of its own, if it is neither loaded nor loading:
@@ -88,7 +98,10 @@ class Worker:
             self.warm_up()
             loading, self._loading = self._loading, None
             assert loading is not None
-            self.engine = loading.result()
+            try:
+                self.engine = loading.result()
+            except Exception as exc:
+                raise MachineFault(model_fault(self.config.model.name, exc)) from exc
             for run in self.runs:
                 self._annotate(run)
         return self.engine
@@ -120,7 +133,51 @@ class Worker:
     # -- one turn of the loop --------------------------------------------------
 
     def step(self) -> bool:
-        """Claim, batch, transcribe, finish what is done. False when there was nothing to do."""
+        """Claim, batch, transcribe, finish what is done. False when there was nothing to do.
+        A fault of the machine met on the way hands every open job back untouched and holds
+        the worker until ``resume``."""
+        try:
+            if self._unreleased:
+                self._release_held()
+            if self.held is not None:
+                return False
+            return self._step()
+        except MachineFault as exc:
+            self._hold(exc.fault)
+            return False
+
+    def resume(self) -> None:
+        """The daemon found the fault gone: take work again (loading the model first, if it failed)."""
+        if self.held is None:
+            return
+        log.info("resuming work", extra={"action": "worker.resume"})
+        self.held = None
+        self.warm_up()
+
+    def _hold(self, fault: Fault, job: Job | None = None) -> None:
+        first = self.held is None
+        self.held = fault
+        if job is not None:
+            self._unreleased.append(job)
+        for run in list(self.runs):
+            self._forget(run)
+            self._unreleased.append(run.job)
+        try:
+            self._release_held()
+        except MachineFault:
+            pass  # the database is the fault: handed back at a later step
+        if first:
+            self.on_fault(fault)
+
+    def _release_held(self) -> None:
+        while self._unreleased:
+            job = self._unreleased[0]
+            self.queue.release(job.id, self.name)
+            self._unreleased.pop(0)
+            log.info("handed back %s untouched: %s", job.rel, self.held.reason if self.held else "paused",
+                     extra={"action": "job.release", "job": job.id})
+
+    def _step(self) -> bool:
         perm = self.permission(self)
         if perm.pause and self.runs:
             self._release_all(perm.reason or "paused")
@@ -140,20 +197,19 @@ class Worker:
         opened meanwhile. Importing torch is a second of Python holding its lock; the claims and
         the read-ahead threads' decoding and voice detection, taking turns with it, stretched it
         to two seconds and more and gained nothing overall. After the load they run beside the
-        encoder, which lets go of the lock. A failed load is left for the first job to meet
-        (``_fill``), which records it."""
+        encoder, which lets go of the lock. A failed load raises a ``MachineFault`` here, before
+        any job is claimed, so no file pays for it."""
         loading = self._loading
         if loading is None:
             return True
         if not wait([loading], timeout=LOAD_WAIT).done:
             return False
-        if loading.exception() is None:
-            self._engine()
+        self._engine()  # a failed load is a fault of the machine: raised here, before any claim
         return True
 
     def _claim(self, perm: Permission) -> tuple[bool, JobRun | None]:
         """(whether a job was claimed, its run if it goes on to transcription)."""
-        if not perm.claim or self.stop.is_set():
+        if not perm.claim or self.stop.is_set() or self.held is not None:
             return False, None
         job = self.queue.claim(
             self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=perm.folders,
@@ -315,6 +371,10 @@ class Worker:
         self._error(run.job, exc)
 
     def _error(self, job: Job, exc: BaseException) -> None:
+        fault = exc.fault if isinstance(exc, MachineFault) else folder_fault(exc, self._write_roots())
+        if fault is not None:
+            self._hold(fault, job)
+            raise MachineFault(fault)  # the step ends here; nothing more is claimed or opened
         try:
             outcome = self.steps.handle_error(job, exc)
         except LeaseLost:
@@ -324,6 +384,9 @@ class Worker:
             return
         if outcome is not None:
             self.on_outcome(outcome)
+
+    def _write_roots(self) -> list:
+        return [d for f in self.config.folders for d in (f.output, f.archive, f.failed)]
 
     def _release_all(self, reason: str) -> None:
         for run in list(self.runs):

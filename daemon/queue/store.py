@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from daemon.errors import DatabaseError
+from daemon.faults import MachineFault, database_fault
 from daemon.jobs import Checkpoint, Job, State
 from daemon.queue.schema import ACTIVE, jobs, metadata
 
@@ -103,35 +105,50 @@ def _prepare_sqlite_file(path: Path) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
+def _unavailable(exc: OperationalError) -> MachineFault:
+    """A database that is locked, full or unreachable: the machine's fault, never a file's."""
+    text = str(getattr(exc, "orig", None) or exc)
+    if "locked" in text or "busy" in text:
+        detail = "another program has kept it locked"
+    elif "full" in text:
+        detail = "the disk holding it is full"
+    else:
+        detail = text
+    return MachineFault(database_fault(detail))
+
+
 class Queue:
     """All reads and writes of jobs. Returns frozen Job values, never rows."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.busy_timeout = busy_timeout
         if self.is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             _prepare_sqlite_file(Path(url[len("sqlite:///"):]))
         try:
-            self.engine: Engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000} if self.is_sqlite else {})
+            self.engine: Engine = create_engine(url, connect_args={"timeout": busy_timeout} if self.is_sqlite else {})
         except Exception as exc:  # a bad URL or a missing driver
             raise DatabaseError(f"the queue database {url!r} could not be opened: {exc}") from exc
         if self.is_sqlite:
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
         try:
-            with self._write() as conn:
-                metadata.create_all(conn)
+            with self._read() as conn:
+                ready = sa_inspect(conn).has_table(jobs.name)
+            if not ready:  # a read needs no write lock: `whisperd status` works while another program holds it
+                with self._write() as conn:
+                    metadata.create_all(conn)
         except SADatabaseError as exc:
             raise DatabaseError(f"the queue database {url!r} could not be opened: {exc.orig}") from exc
 
     # -- connection plumbing -------------------------------------------------
 
-    @staticmethod
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={round(self.busy_timeout * 1000)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -142,16 +159,44 @@ class Queue:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(whisperd_write=True)
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(whisperd_write=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def writable(self, timeout: float = 1.0) -> bool:
+        """Whether a write could begin now, waiting at most ``timeout`` seconds for a lock (on its
+        own connection, so it never holds up the others): how a paused daemon looks again."""
+        if not self.is_sqlite or not self.url.startswith("sqlite:///") or self.url == "sqlite:///:memory:":
+            try:
+                with self._write():
+                    return True
+            except MachineFault:
+                return False
+        try:
+            con = sqlite3.connect(self.url[len("sqlite:///"):], timeout=timeout, isolation_level=None)
+        except sqlite3.Error:
+            return False
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
+        finally:
+            con.close()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -184,47 +184,35 @@ def test_while_a_batch_is_transcribed_the_next_batchs_files_are_open(tmp_path, m
 
 
 @pytest.mark.parametrize("at_start", [True, False], ids=["loading from the worker's start", "loading at the first job"])
-def test_a_model_that_cannot_load_sends_every_open_job_back_with_a_plain_reason(setup, at_start):
+def test_a_model_that_cannot_load_holds_the_worker_without_touching_a_job_and_resume_goes_on(setup, at_start):
     cfg, queue, root, cache = setup
     calls: list[int] = []
+    faults: list = []
 
-    def factory():
+    def broken():
         calls.append(1)
-        raise ModelError("The speech model tiny.en could not be loaded (test).")
+        raise ModelError("model file '/nowhere/small.pt' does not exist")
 
-    worker = worker_for(cfg, queue, factory)
+    worker = Worker("host:1:w0", cfg, queue, engine_factory=broken, permission=lambda _w: Permission(claim=True),
+                    stop=threading.Event(), wake=threading.Event(), on_fault=faults.append)
     if at_start:
-        worker.warm_up()  # as a worker process starts: the first job meets this load's failure
+        worker.warm_up()  # as a worker process starts
     for _ in range(20):  # a step waits at most LOAD_WAIT for a load under way
         worker.step()
-        if all(j.error for j in jobs_of(queue)):
+        if faults:
             break
+    for _ in range(3):
+        assert worker.step() is False  # held: nothing is claimed, the load is not tried again
+    assert len(faults) == 1 and faults[0].key == "model"
+    assert "model 'tiny.en' could not be loaded" in faults[0].reason and "whisperd doctor" in faults[0].reason
+    assert len(calls) == 1
     jobs = jobs_of(queue)
-    assert all(j is not None and j.state is State.QUEUED for j in jobs), [j.state for j in jobs]
-    assert all("could not be loaded" in (j.error or "") and "try again" in (j.error or "") for j in jobs)
-    # one failed load per job, as each job would meet it on its own: a later job tries again
-    assert len(calls) == len(CLIPS)
+    assert all(j.state is State.QUEUED and j.strikes == 0 and j.attempts == 0 and not j.error for j in jobs)
     assert sorted(p.name for p in (root / "inbox").iterdir()) == sorted(CLIPS)  # nothing moved, nothing lost
     assert not worker.runs
 
-
-def test_with_the_fake_engine_the_worker_writes_what_it_said_for_each_chunk(tmp_path, model_cache):
-    """The fake engine (the package's test double) runs the worker's whole path without a model:
-    real files, chunks, batches, checkpoints and outputs, each transcript predictable."""
-    from daemon.engines.fake import FakeEngine, chunk_text
-
-    cfg, queue = _queued(tmp_path, model_cache, CLIPS, batch_size=8)
-    engines: list[FakeEngine] = []
-    try:
-        worker = worker_for(cfg, queue, lambda: engines.append(FakeEngine(batch_size=8)) or engines[-1])
-        drain(worker, queue)
-        assert queue.counts()[State.DONE.value] == len(CLIPS)
-        assert len(engines[0].batches) == 1 and len(engines[0].prepared) == len(engines[0].batches[0])
-        for name in CLIPS:
-            stem = Path(name).stem
-            n = sum(1 for key, _ in engines[0].batches[0] if queue.get(int(key)).rel == name)
-            lines = [chunk_text(name, i) for i in range(n)]
-            assert (tmp_path / "outbox" / f"{stem}.txt").read_text().split("\n")[:n] == lines
-            assert (tmp_path / "archive" / name).exists()
-    finally:
-        queue.close()
+    worker.engine_factory = lambda: load_engine(cfg.model, cache)  # the configuration was fixed
+    worker.resume()
+    drain(worker, queue)
+    assert all(j.state is State.DONE and j.strikes == 0 for j in jobs_of(queue))
+    assert len(faults) == 1
