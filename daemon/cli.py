@@ -154,7 +154,7 @@ def status(config_path: str, as_json: bool) -> None:
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True,
               help="Folder for the transcripts and subtitles.")
 @click.option("--model", "-m", "model_name", default=None, help="Model name or checkpoint path (default: from the config, else tiny.en).")
-@click.option("--language", "-l", default="auto", show_default=True, help="Language code, or auto.")
+@click.option("--language", "-l", default="auto", show_default=True, help="Language code, codes to choose among (zh,en), or auto.")
 @click.option("--format", "-f", "formats", multiple=True, type=click.Choice(["txt", "srt", "vtt", "json"]),
               help="Output formats (default: all four).")
 @click.option("--config", "-c", "config_path", default=None, envvar="WHISPERD_CONFIG", type=click.Path(dir_okay=False),

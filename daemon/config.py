@@ -53,7 +53,7 @@ class FolderConfig:
     archive: Path
     failed: Path
     formats: tuple[str, ...] = FORMATS
-    language: str = "auto"
+    language: str | tuple[str, ...] = "auto"  # auto, one language code, or a tuple of codes to choose among
     task: str = "transcribe"
     immediate: bool = False
     duplicates: str = "skip"
@@ -305,10 +305,14 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
             raise ValueError
         return tuple(dict.fromkeys(x.lower() for x in v))
 
-    def language(v: Any) -> str:
-        if not isinstance(v, str) or not re.fullmatch(r"auto|[a-z]{2,3}|[A-Za-z ]+", v):
-            raise ValueError
-        return v.lower()
+    def language(v: Any) -> str | tuple[str, ...]:
+        one = r"[a-z]{2,3}|[A-Za-z ]+"
+        if isinstance(v, str) and re.fullmatch("auto|" + one, v):
+            return v.lower()
+        if isinstance(v, list) and v and all(isinstance(x, str) and re.fullmatch(one, x) for x in v):
+            codes = tuple(dict.fromkeys(x.lower() for x in v))
+            return codes[0] if len(codes) == 1 else codes
+        raise ValueError
 
     f = FolderConfig(
         inbox=inbox_p,
@@ -316,7 +320,7 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         archive=sibling("archive"),
         failed=sibling("failed"),
         formats=s.get("formats", formats, "a list drawn from " + ", ".join(FORMATS)),
-        language=s.get("language", language, "auto, or a language code such as en, de, zh"),
+        language=s.get("language", language, "auto, a language code such as en, de, zh, or a list of codes to choose among such as [zh, en]"),
         task=s.choice("task", TASKS),
         immediate=s.boolean("immediate"),
         duplicates=s.choice("duplicates", DUPLICATES),

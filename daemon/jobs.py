@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.language import Decision
+
 
 class State(str, enum.Enum):
     QUEUED = "queued"
@@ -91,6 +93,9 @@ class Checkpoint:
     language: str | None = None
     chunks_done: int = 0
     voices: tuple[Voice, ...] = ()  # the voice prints of everything before ``offset`` (``speakers``)
+    # how the file's language was decided (detected once, or fallen back on), kept so that a
+    # resumed job goes on in the same language
+    language_detection: Decision | None = None
 
     def to_json(self) -> str:
         d: dict[str, Any] = {
@@ -101,6 +106,8 @@ class Checkpoint:
         }
         if self.voices:
             d["voices"] = [v.to_list() for v in self.voices]
+        if self.language_detection is not None:
+            d["language_detection"] = self.language_detection.to_dict()
         return json.dumps(d, ensure_ascii=False)
 
     @classmethod
@@ -114,6 +121,7 @@ class Checkpoint:
             language=d.get("language"),
             chunks_done=int(d.get("chunks_done", 0)),
             voices=tuple(Voice.from_list(v) for v in d.get("voices", [])),
+            language_detection=Decision.from_dict(d.get("language_detection")),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from daemon import audio, files, outputs
 from daemon.config import Config, ModelConfig
 from daemon.errors import WhisperdError
+from daemon.language import Setting, decide
 
 
 def transcribe_files(
@@ -32,7 +34,8 @@ def transcribe_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     engine = load_engine(model_cfg, cache)
     vad = audio.Vad()
-    lang = None if language == "auto" else language
+    codes = tuple(c.strip().lower() for c in language.split(",") if c.strip()) or ("auto",)
+    setting = Setting.of(codes[0] if len(codes) == 1 else codes)
     failures = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn()) as progress:
         for path in paths:
@@ -42,19 +45,27 @@ def transcribe_files(
                 info = audio.probe(path)
                 progress.update(task, total=info.duration or None)
                 segments = []
-                detected = None
-                batch: list[audio.Chunk] = []
                 chunks = audio.iter_chunks(path, key=path.name, vad=vad)
+                # the language, decided once from the first speech (as the daemon does)
+                first = next(chunks, None)
+                decision = None
+                if first is not None:
+                    decision = decide(
+                        engine.detect_language(first.audio) if setting.fixed is None else {}, setting,
+                        len(first.audio) / audio.SAMPLE_RATE,
+                    )
+                    chunks = itertools.chain([first], chunks)
+                lang = decision.language if decision is not None else setting.fixed
                 while True:
                     batch = [c for _, c in zip(range(model_cfg.batch_size), chunks)]
                     if not batch:
                         break
                     for r in engine.transcribe(batch, language=lang, task="transcribe"):
                         segments.extend(s for s in r.segments if s.text.strip())
-                        detected = detected or r.language
                     progress.update(task, completed=batch[-1].end)
                 transcript = outputs.Transcript(
-                    source=path.name, segments=tuple(segments), language=detected, duration=info.duration,
+                    source=path.name, segments=tuple(segments), language=lang, duration=info.duration,
+                    language_detection=None if decision is None else decision.to_dict(),
                     model=engine.info.model, engine=engine.info.name, device=engine.info.device,
                     precision=engine.info.precision, processing_seconds=time.monotonic() - started,
                 )

@@ -112,6 +112,8 @@ class Transcript:
     precision: str
     processing_seconds: float
     task: str = "transcribe"
+    # how ``language`` was decided: {"language", "how": fixed | detected | fallback, "probability", "reason"}
+    language_detection: dict[str, Any] | None = None
 
     @property
     def text(self) -> str:
@@ -124,6 +126,7 @@ def to_result(t: Transcript) -> dict[str, Any]:
         "source": t.source,
         "text": t.text,
         "language": t.language,
+        **({"language_detection": t.language_detection} if t.language_detection else {}),
         "task": t.task,
         "duration": None if t.duration is None else round(t.duration, 3),
         "model": t.model,

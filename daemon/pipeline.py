@@ -25,6 +25,7 @@ from daemon.config import Config, FolderConfig
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.errors import SourceGoneError, UnsafePathError, WhisperdError
 from daemon.jobs import Checkpoint, Job, Outcome, State, Voice
+from daemon.language import Decision, Setting
 from daemon.prefetch import Prefetch
 from daemon.queue import Queue
 
@@ -105,9 +106,29 @@ class JobRun:
         return self.printer().turns(self.checkpoint.voices, self.folder.speaker_count)
 
     @property
+    def setting(self) -> Setting:
+        return Setting.of(self.folder.language)
+
+    @property
     def language(self) -> str | None:
-        lang = self.folder.language
-        return None if lang == "auto" else lang
+        """The language every chunk of this file is transcribed in: the folder's, or the one
+        decided for this file (kept in its checkpoint); None until it is decided."""
+        fixed = self.setting.fixed
+        if fixed is not None:
+            return fixed
+        cp = self.checkpoint
+        if cp.language_detection is not None:
+            return cp.language_detection.language
+        return cp.language  # a checkpoint written before detections were kept
+
+    @property
+    def needs_language(self) -> bool:
+        """Whether the language is still to be detected, from the first chunk (``peek``)."""
+        return self.language is None
+
+    def decide_language(self, decision: Decision) -> None:
+        """Keep ``decision`` as this file's language, in the checkpoint saved with the next batch."""
+        self.checkpoint = dataclasses.replace(self.checkpoint, language=decision.language, language_detection=decision)
 
     @property
     def batch_key(self) -> tuple[str | None, str]:
@@ -145,16 +166,16 @@ class JobRun:
         cp = self.checkpoint
         segments = list(cp.segments)
         voices = list(cp.voices)
-        language = cp.language
+        lang = cp.language
         offset = cp.offset
         for r in sorted(results, key=lambda r: r.index):
             segments.extend(s for s in r.segments if s.text.strip())
             voices.extend(self._voices.pop(r.index, ()))
-            language = language or r.language
+            lang = lang or r.language
             offset = max(offset, r.end)
         self.in_flight -= len(results)
-        self.checkpoint = Checkpoint(
-            offset=offset, segments=tuple(segments), language=language, chunks_done=cp.chunks_done + len(results),
+        self.checkpoint = dataclasses.replace(
+            cp, offset=offset, segments=tuple(segments), language=lang, chunks_done=cp.chunks_done + len(results),
             voices=tuple(voices),
         )
         return self.checkpoint
@@ -230,10 +251,14 @@ class Steps:
         folder = self.folder(job)
         cp = run.final_checkpoint()
         segments = speakers.label(cp.segments, run.turns()) if folder.speakers else cp.segments
+        decision = cp.language_detection
+        if decision is None and run.setting.fixed is not None:
+            decision = Decision(run.setting.fixed, "fixed")
         transcript = outputs.Transcript(
             source=job.name,
             segments=segments,
-            language=cp.language,
+            language=run.language or cp.language,
+            language_detection=None if decision is None else decision.to_dict(),
             duration=run.duration,
             model=info.model,
             engine=info.name,

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, wait
 from typing import Callable
 
-from daemon import audio, voices
+from daemon import audio, language, voices
 from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
@@ -272,6 +272,12 @@ class Worker:
                     break
                 runs = [new]
             run = runs.pop(0)
+            try:
+                if run.needs_language:
+                    self._decide_language(run)
+            except Exception as exc:
+                self._drop(run, exc)
+                continue
             if key is not None and run.batch_key != key:
                 continue
             chunks: list[audio.Chunk] = []
@@ -293,6 +299,25 @@ class Worker:
                 key = run.batch_key
                 batch.append((run, chunks))
         return batch
+
+    def _decide_language(self, run: JobRun) -> None:
+        """Detect the file's language once, from its first chunk of speech, and keep it in the
+        run's checkpoint: every chunk is then transcribed in it (batched with other files in
+        that language, in fit windows). A file with no speech has nothing to decide."""
+        chunk = run.peek()
+        if chunk is None:
+            return
+        seconds = len(chunk.audio) / audio.SAMPLE_RATE
+        probabilities = self._engine().detect_language(chunk.audio)
+        decision = language.decide(probabilities, run.setting, seconds)
+        run.decide_language(decision)
+        log.info(
+            "language of %s: %s (%s%s)", run.job.rel, decision.language, decision.how,
+            "" if decision.probability is None else f", p={decision.probability:.2f}",
+            extra={"action": "job.language", "job": run.job.id},
+        )
+        if decision.reason:
+            log.info("%s: %s", run.job.rel, decision.reason, extra={"action": "job.language", "job": run.job.id})
 
     def _open_ahead(self, perm: Permission, size: int) -> None:
         """Open the next jobs before the batch wants their chunks: their files are probed,

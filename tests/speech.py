@@ -85,3 +85,29 @@ def wer(reference: str, hypothesis: str) -> float:
 
     norm = EnglishTextNormalizer()
     return jiwer.wer(norm(reference), norm(hypothesis))
+
+
+# Synthetic speech in other languages (espeak-ng, apt/brew), generated where a test needs it: base
+# recognises its German, French, Spanish, Italian, Portuguese and Dutch (a check of detection and
+# decoding, not of accuracy). No audio of this kind is committed.
+GERMAN = ("Guten Morgen. Heute besprechen wir die Ergebnisse des letzten Quartals und die Pläne für das nächste Jahr. "
+          "Bitte schicken Sie mir die Unterlagen bis Freitag.")
+ENGLISH = "Good morning. Today we will discuss the results of the last quarter and the plans for next year."
+
+
+def espeak(path: Path, text: str, voice: str) -> Path:
+    """``text`` spoken by espeak-ng in ``voice`` (de, en-us, fr, ...) into the WAV file ``path``.
+    Skips the test where espeak-ng is missing, except in CI (``.ci/run`` installs it), where that fails."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("espeak-ng is not installed (apt-get install espeak-ng)")
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng, or brew install espeak-ng)")
+    subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    return path

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from daemon.audio import Chunk
 from daemon.jobs import Segment
 
@@ -41,6 +43,11 @@ class Engine(Protocol):
 
         ``language`` None means detect it. Returns one result per chunk, same order.
         """
+        ...
+
+    def detect_language(self, audio: np.ndarray) -> dict[str, float]:
+        """The probability of each language code for ``audio`` (up to 30 s of a file's first
+        speech); an English-only model gives ``{"en": 1.0}``."""
         ...
 
     def prepare(self, chunk: Chunk, language: str | None) -> None:

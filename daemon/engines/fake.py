@@ -21,7 +21,7 @@ import fnmatch
 import os
 import time
 from pathlib import PurePath
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from daemon.audio import MAX_CHUNK_SECONDS, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
@@ -61,6 +61,9 @@ class FakeEngine:
 
     def share(self, seconds: float, language: str | None) -> float:
         return min(1.0, max(MIN_SHARE, seconds / MAX_CHUNK_SECONDS))
+
+    def detect_language(self, audio: Any) -> dict[str, float]:
+        return {"en": 1.0}
 
     def prepare(self, chunk: Chunk, language: str | None) -> None:
         self.prepared.append((chunk.key, chunk.index))

@@ -107,6 +107,12 @@ class FasterWhisperEngine:
             results.append(ChunkResult(chunk.index, chunk.start, chunk.end, tuple(segments), info.language))
         return results
 
+    def detect_language(self, audio: Any) -> dict[str, float]:
+        if not self.model.model.is_multilingual:
+            return {"en": 1.0}
+        _, _, ranked = self.model.detect_language(audio)  # its first 30 s, as whisper does
+        return dict(ranked)
+
     def prepare(self, chunk: Chunk, language: str | None) -> None:
         pass  # CTranslate2 encodes and decodes in one call
 

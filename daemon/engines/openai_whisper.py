@@ -384,6 +384,8 @@ class OpenAIWhisperEngine:
             return
         import torch
 
+        if _window_key(chunk.audio) in self._early:
+            return  # encoded already, to detect its file's language
         frames = self._window_frames(len(chunk.audio) / SAMPLE_RATE, language)
         n = self.free_cores() if self.free_cores is not None else self.threads
         try:
@@ -401,6 +403,37 @@ class OpenAIWhisperEngine:
             return
         for j, (key, audio, _) in enumerate(group):
             self._early[key] = (audio, frames, features[j : j + 1])
+
+    def detect_language(self, audio: np.ndarray) -> dict[str, float]:
+        """The probability of each language the model knows for ``audio`` (up to 30 s of
+        speech), as ``whisper.detect_language`` gives it: the decoder's first step after
+        start-of-transcript, over the language tokens. The audio is encoded in the window its
+        transcription will use (fit to its length on the CPU with fit windows, the padding
+        masked), and those features are kept for that transcription, so that deciding a file's
+        language costs one token step. An English-only model knows English alone."""
+        import torch
+
+        if not self.model.is_multilingual:
+            return {"en": 1.0}
+        frames = self._window_frames(len(audio) / SAMPLE_RATE, "en")  # as with any decided language
+        n = self.free_cores() if self.free_cores is not None else self.threads
+        tokenizer = self._tokenizer(None, "transcribe")
+        with torch.inference_mode(), _torch_threads(n):
+            features = self._features([audio], [frames])
+            sot = torch.tensor([[tokenizer.sot]], device=features.device)
+            if self.info.device == "cpu":
+                from daemon.engines import shrinking
+
+                inference = shrinking.CpuInference(self.model, [frames // 2], bf16_vocabulary=self.bf16_vocabulary)
+                logits = inference.logits(sot, features)[0, 0].float()
+                inference.cleanup_caching()
+            else:
+                logits = self.model.logits(sot, features)[0, 0].float()
+            tokens = list(tokenizer.all_language_tokens)
+            probs = logits[tokens].softmax(dim=-1).tolist()
+        if self.info.device == "cpu":
+            self._early[_window_key(audio)] = (audio, frames, features)
+        return dict(zip(tokenizer.all_language_codes, probs))
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         """Each chunk is one window (30 s, or fitted to a short chunk), batched. Where the model stops with speech left

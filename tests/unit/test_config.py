@@ -124,6 +124,8 @@ def test_tilde_expands(tmp_path, monkeypatch):
         ("folders: [{inbox: in, chinese: mandarin}]", "folders.0.chinese", "as-is, simplified, traditional"),
         ("folders: [{inbox: in, max_line_width: 0}]", "folders.0.max_line_width", "auto, or a whole number"),
         ("folders: [{inbox: in, max_line_count: 1.5}]", "folders.0.max_line_count", "a whole number of at least 1"),
+        ("folders: [{inbox: in, language: [zh, auto2]}]", "folders.0.language", "a list of codes to choose among"),
+        ("folders: [{inbox: in, language: []}]", "folders.0.language", "auto, a language code"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, fragment):
@@ -131,6 +133,13 @@ def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, frag
         load(write(tmp_path, body))
     msg = str(err.value)
     assert f"'{key}'" in msg and fragment in msg
+
+
+@pytest.mark.parametrize(
+    "value, read", [("auto", "auto"), ("DE", "de"), ("[zh, en]", ("zh", "en")), ("[de]", "de"), ("[en, EN, de]", ("en", "de"))]
+)
+def test_language_is_auto_a_code_or_a_list_to_choose_among(tmp_path, value, read):
+    assert load(write(tmp_path, f"folders: [{{inbox: in, language: {value}}}]")).folders[0].language == read
 
 
 def test_unknown_key_is_refused_with_its_line(tmp_path):
