@@ -69,11 +69,11 @@ def _open(path: str | Path):
     """Open ``path`` and return (container, its first audio stream)."""
     import av
 
-    from daemon.errors import CorruptAudioError, NoAudioStreamError, NotAudioError
+    from daemon.errors import CorruptAudioError, EmptyFileError, NoAudioStreamError, NotAudioError
 
     path = Path(path)
     if path.stat().st_size == 0:  # raises FileNotFoundError for a missing file: the caller decides
-        raise NotAudioError("This file is empty (0 bytes), so there is nothing to transcribe.")
+        raise EmptyFileError()
     try:
         container = av.open(str(path), mode="r")
     except OSError:

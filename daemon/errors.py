@@ -64,9 +64,5 @@ class ModelError(WhisperdError):
     """The speech model could not be loaded."""
 
 
-class TransientIOError(WhisperdError):
-    """A disk or permission problem stopped the work; whisperd will try again later."""
-
-
 class DatabaseError(WhisperdError):
     """The queue database could not be opened."""

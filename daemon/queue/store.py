@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from daemon.config import sqlite_file
 from daemon.errors import DatabaseError
 from daemon.faults import MachineFault, database_fault
 from daemon.jobs import Checkpoint, Job, State
@@ -124,8 +125,9 @@ class Queue:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.busy_timeout = busy_timeout
-        if self.is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            _prepare_sqlite_file(Path(url[len("sqlite:///"):]))
+        db_file = sqlite_file(url)
+        if db_file is not None:
+            _prepare_sqlite_file(Path(db_file))
         try:
             self.engine: Engine = create_engine(url, connect_args={"timeout": busy_timeout} if self.is_sqlite else {})
         except Exception as exc:  # a bad URL or a missing driver
@@ -255,13 +257,6 @@ class Queue:
                 select(jobs.c.lease_owner).where(jobs.c.state == State.RUNNING.value).distinct()
             ).scalars().all()
         return [r for r in rows if r]
-
-    def next_wakeup(self) -> float | None:
-        """When the earliest backed-off job becomes claimable."""
-        with self._read() as conn:
-            return conn.execute(
-                select(func.min(jobs.c.not_before)).where(jobs.c.state == State.QUEUED.value)
-            ).scalar_one_or_none()
 
     # -- writes --------------------------------------------------------------
 
@@ -463,13 +458,3 @@ class Queue:
         for job in reaped:
             log.warning("job %s went back to the queue after its worker stopped", job.id, extra={"action": "job.reaped", "job": job.id})
         return reaped
-
-    def forget_missing(self, job_id: int, *, now: float, error: str) -> bool:
-        """Fail a queued job whose file vanished before it started."""
-        with self._write() as conn:
-            res = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == State.QUEUED.value)
-                .values(state=State.FAILED.value, finished_at=now, error=error)
-            )
-        return res.rowcount == 1
