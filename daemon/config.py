@@ -132,6 +132,33 @@ class Config:
     label: str = "com.whisperd.agent"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def model_cache_dir(self) -> Path:
+        return model_cache_dir(self.model, self.state_dir)
+
+
+# A one-off ``whisperd transcribe`` without a config keeps its converted models here.
+USER_MODEL_CACHE = Path("~/.cache/whisperd/models")
+
+
+def model_cache_dir(model: ModelConfig, state_dir: Path | None) -> Path:
+    """Where models are converted and kept: ``model.cache_dir``, else ``models/`` in the state
+    folder, else (no config at all) the user's cache."""
+    if model.cache_dir is not None:
+        return model.cache_dir
+    if state_dir is not None:
+        return state_dir / "models"
+    return Path(os.path.expanduser(USER_MODEL_CACHE))
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file behind a ``sqlite:///`` database URL (as written: relative or absolute); None
+    for an in-memory database or another kind of database."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != "sqlite:///:memory:":
+        return url[len(prefix):]
+    return None
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -381,8 +408,9 @@ def parse(data: Any, path: Path | None = None, text: str = "") -> Config:
     database = top.text("database")
     state_dir_raw = top.text("state_dir")
     state_dir = _resolve(base, state_dir_raw) if state_dir_raw else None
-    if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
-        db_file = _resolve(base, database[len("sqlite:///"):])
+    db_name = sqlite_file(database)
+    if db_name is not None:
+        db_file = _resolve(base, db_name)
         database = f"sqlite:///{db_file}"
         state_dir = state_dir or db_file.parent
     state_dir = state_dir or base / "state"

@@ -134,10 +134,6 @@ def check_device(model: ModelConfig, torch: Any) -> Check:
     return _ok(name, detail)
 
 
-def model_cache_dir(cfg: Config) -> Path:
-    return cfg.model.cache_dir or cfg.state_dir / "models"
-
-
 def check_model(model: ModelConfig, cache_dir: Path, locate: Callable[[str, Path], Any] | None = None) -> Check:
     """Where the configured model will come from (nothing is loaded or converted to say so),
     and the memory it needs at the configured batch size."""
@@ -384,7 +380,7 @@ def run_checks(
     checks.append(torch_check)
     if cfg is not None:
         checks.append(check_device(cfg.model, torch))
-        checks.append(check_model(cfg.model, model_cache_dir(cfg)))
+        checks.append(check_model(cfg.model, cfg.model_cache_dir))
     checks.append(check_audio_decoding(sample))
     if cfg is not None:
         checks += folder_checks(cfg, access=access or platform.check_folder_access, disk_usage=disk_usage)

@@ -11,7 +11,7 @@ from typing import Sequence
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from daemon import audio, files, outputs
-from daemon.config import Config, ModelConfig
+from daemon.config import Config, ModelConfig, model_cache_dir
 from daemon.errors import WhisperdError
 from daemon.language import Setting, decide
 
@@ -30,7 +30,7 @@ def transcribe_files(
     model_cfg = config.model if config else ModelConfig()
     if model_name:
         model_cfg = dataclasses.replace(model_cfg, name=model_name)
-    cache = model_cfg.cache_dir or (config.state_dir / "models" if config else Path.home() / ".cache" / "whisperd" / "models")
+    cache = model_cache_dir(model_cfg, config.state_dir if config else None)
     output_dir.mkdir(parents=True, exist_ok=True)
     engine = load_engine(model_cfg, cache)
     vad = audio.Vad()

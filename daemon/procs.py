@@ -38,6 +38,17 @@ log = logging.getLogger("whisperd.procs")
 _ctx = multiprocessing.get_context("spawn")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
@@ -228,7 +239,7 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
     owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
     link.send(("owner", owner))
     queue = Queue(config.database, busy_timeout=config.jobs.database_wait_seconds)
-    cache = config.model.cache_dir or config.state_dir / "models"
+    cache = config.model_cache_dir
     worker = Worker(
         owner,
         config,

@@ -18,15 +18,15 @@ from daemon.engines.openai_whisper import OpenAIWhisperEngine
 
 
 def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
-    """Build the configured engine. Raises ModelError with a plain message when the model cannot load."""
+    """Build the configured engine, converting and keeping models in ``cache_dir`` (worked out
+    by ``config.model_cache_dir``). Raises ModelError with a plain message when the model cannot load."""
     hardware.short_openmp_spin()  # before the engine's first import of torch
-    cache = Path(cfg.cache_dir or cache_dir)
+    cache = Path(cache_dir)
     if cfg.engine == "fake":
         return FakeEngine(cfg.name, batch_size=cfg.batch_size, crash_on=cfg.fake_crash_on)
     if cfg.engine == "faster-whisper":
         return FasterWhisperEngine(
-            cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, batch_size=cfg.batch_size,
-            cache_dir=cache,
+            cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, cache_dir=cache,
         )
     return OpenAIWhisperEngine(
         resolve_checkpoint(cfg.name, cache),
