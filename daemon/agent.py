@@ -15,12 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from daemon import files
 from daemon.config import Config
 from daemon.errors import WhisperdError
 
@@ -182,20 +182,10 @@ def render_unit(*, executable: Path, config: Path) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temp file beside ``path``, set ``mode``, fsync, then rename over ``path``."""
+def _write_service_file(path: Path, data: bytes) -> None:
+    """The plist or unit, replaced atomically, readable by all and writable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path.parent, path.name, data, replace=True, mode=0o644)
 
 
 def _read(path: Path) -> bytes | None:
@@ -273,7 +263,7 @@ class Launchd:
         path = self.path(cfg)
         was_loaded = self._print(cfg).returncode == 0
         launchd_log_dir(self.home).mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(path, data, 0o644)
+        _write_service_file(path, data)
         if was_loaded:
             _call(self._run, ["launchctl", "bootout", self.target(cfg)])
         # bootout returns before launchd has finished tearing the old job down; bootstrap then
@@ -396,7 +386,7 @@ class Systemd:
         data = self.render(cfg, executable)
         was_active = self._systemctl("is-active", UNIT_NAME, check=False).returncode == 0
         path = self.path(cfg)
-        write_atomic(path, data, 0o644)
+        _write_service_file(path, data)
         self._systemctl("daemon-reload")
         self._systemctl("enable", "--now", UNIT_NAME)
         if was_active:

@@ -7,37 +7,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from daemon import __version__
-from daemon.config import EX_CONFIG, Config, load
-from daemon.errors import ConfigError, WhisperdError
+from daemon.cli_common import config_option, die, load_config
+from daemon.errors import WhisperdError
 
 log = logging.getLogger("whisperd.cli")
-
-CONFIG_HELP = "The YAML configuration file (default: config.yaml; or set WHISPERD_CONFIG)."
-
-
-def die(message: str, code: int) -> NoReturn:
-    click.echo(f"whisperd: {message}", err=True)
-    sys.exit(code)
-
-
-def load_config(path: str) -> Config:
-    try:
-        return load(path)
-    except ConfigError as exc:
-        die(str(exc), EX_CONFIG)
-
-
-def config_option(f: Any) -> Any:
-    return click.option(
-        "--config", "-c", "config_path", default="config.yaml", envvar="WHISPERD_CONFIG", show_default=True,
-        type=click.Path(dir_okay=False), help=CONFIG_HELP,
-    )(f)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="whisperd")
@@ -46,11 +24,11 @@ def main() -> None:
 
 
 @main.command()
-@config_option
+@config_option()
 @click.option("--drain", is_flag=True, help="Process everything waiting, then exit 0.")
 @click.option("--now", "ignore_windows", is_flag=True, help="Ignore the schedule's windows for this run.")
 @click.option("--verbose", "-v", is_flag=True, help="Log more detail.")
-def run(config_path: str, drain: bool, ignore_windows: bool, verbose: bool) -> None:
+def run(config_path: Path, drain: bool, ignore_windows: bool, verbose: bool) -> None:
     """Run the daemon in the foreground (launchd and systemd start it this way)."""
     from daemon.logs import setup_logging
     from daemon.service import EX_TEMPFAIL, AlreadyRunning, Service
@@ -104,9 +82,9 @@ def _fmt_seconds(s: float | None) -> str:
 
 
 @main.command()
-@config_option
+@config_option()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def status(config_path: str, as_json: bool) -> None:
+def status(config_path: Path, as_json: bool) -> None:
     """Show the queue: queued, running (with % done), done and failed."""
     from daemon.queue import Queue
     from daemon.service import read_status
@@ -157,10 +135,9 @@ def status(config_path: str, as_json: bool) -> None:
 @click.option("--language", "-l", default="auto", show_default=True, help="Language code, codes to choose among (zh,en), or auto.")
 @click.option("--format", "-f", "formats", multiple=True, type=click.Choice(["txt", "srt", "vtt", "json"]),
               help="Output formats (default: all four).")
-@click.option("--config", "-c", "config_path", default=None, envvar="WHISPERD_CONFIG", type=click.Path(dir_okay=False),
-              help="Take model settings from this configuration file.")
+@config_option(default=None, help="Take model settings from this configuration file.")
 def transcribe(files: tuple[Path, ...], output_dir: Path, model_name: str | None, language: str, formats: tuple[str, ...],
-               config_path: str | None) -> None:
+               config_path: Path | None) -> None:
     """Transcribe files once, in the foreground, with a progress bar."""
     from daemon.oneoff import transcribe_files
 

@@ -9,30 +9,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from daemon import config as config_mod
 from daemon import doctor as doctor_mod
 from daemon import logs as logs_mod
 from daemon.agent import ServiceError, ServiceManager, render_plist, render_unit, config_file, find_whisperd
-from daemon.config import EX_CONFIG, Config
-from daemon.errors import ConfigError
+from daemon.cli_common import config_option, die, load_config
 
 POLL_SECONDS = 0.5
 _sleep = time.sleep  # the poll wait of `logs -f`; replaced in tests
-
-config_option = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="config.yaml",
-    show_default=True,
-    envvar="WHISPERD_CONFIG",
-    help="Config file (or set WHISPERD_CONFIG).",
-)
 
 executable_option = click.option(
     "--executable",
@@ -40,19 +27,6 @@ executable_option = click.option(
     default=None,
     help="The whisperd command the service runs (default: the one beside this Python, else on PATH).",
 )
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"whisperd: {message}", err=True)
-    sys.exit(code)
-
-
-def load_config(path: Path) -> Config:
-    """Load the config or exit 78 with the reason on stderr."""
-    try:
-        return config_mod.load(path)
-    except ConfigError as exc:
-        _die(exc.message, EX_CONFIG)
 
 
 def _manager(ctx: click.Context) -> ServiceManager:
@@ -83,7 +57,7 @@ def agent() -> None:
 
 
 @agent.command()
-@config_option
+@config_option()
 @executable_option
 @click.pass_context
 def install(ctx: click.Context, config_path: Path, executable: Path | None) -> None:
@@ -93,7 +67,7 @@ def install(ctx: click.Context, config_path: Path, executable: Path | None) -> N
     try:
         path = manager.install(cfg, _executable(executable))
     except ServiceError as exc:
-        _die(exc.message)
+        die(exc.message)
     click.echo(f"Installed {path} and started it with {manager.name}.")
     if manager.name == "launchd":
         click.echo("If a folder lives in Desktop, Documents, Downloads, iCloud Drive or on an external disk,")
@@ -101,7 +75,7 @@ def install(ctx: click.Context, config_path: Path, executable: Path | None) -> N
 
 
 @agent.command()
-@config_option
+@config_option()
 @click.pass_context
 def uninstall(ctx: click.Context, config_path: Path) -> None:
     """Stop the service and remove its file."""
@@ -110,12 +84,12 @@ def uninstall(ctx: click.Context, config_path: Path) -> None:
     try:
         removed = manager.uninstall(cfg)
     except ServiceError as exc:
-        _die(exc.message)
+        die(exc.message)
     click.echo(f"Removed {manager.path(cfg)}." if removed else "Not installed; nothing to remove.")
 
 
 @agent.command()
-@config_option
+@config_option()
 @click.pass_context
 def status(ctx: click.Context, config_path: Path) -> None:
     """Say whether the service is installed, loaded and running."""
@@ -132,7 +106,7 @@ def status(ctx: click.Context, config_path: Path) -> None:
 
 
 @agent.command()
-@config_option
+@config_option()
 @click.pass_context
 def restart(ctx: click.Context, config_path: Path) -> None:
     """Restart the running service (e.g. after granting Full Disk Access)."""
@@ -140,12 +114,12 @@ def restart(ctx: click.Context, config_path: Path) -> None:
     try:
         _manager(ctx).restart(cfg)
     except ServiceError as exc:
-        _die(exc.message)
+        die(exc.message)
     click.echo("Restarted.")
 
 
 @agent.command()
-@config_option
+@config_option()
 @executable_option
 def plist(config_path: Path, executable: Path | None) -> None:
     """Print the LaunchAgent plist that `install` would write on macOS; changes nothing."""
@@ -153,12 +127,12 @@ def plist(config_path: Path, executable: Path | None) -> None:
     try:
         data = render_plist(label=cfg.label, executable=_executable(executable), config=config_file(cfg), home=Path.home())
     except ServiceError as exc:
-        _die(exc.message)
+        die(exc.message)
     click.echo(data.decode("utf-8"), nl=False)
 
 
 @agent.command()
-@config_option
+@config_option()
 @executable_option
 def unit(config_path: Path, executable: Path | None) -> None:
     """Print the systemd user unit that `install` would write on Linux; changes nothing."""
@@ -166,7 +140,7 @@ def unit(config_path: Path, executable: Path | None) -> None:
     try:
         text = render_unit(executable=_executable(executable), config=config_file(cfg))
     except ServiceError as exc:
-        _die(exc.message)
+        die(exc.message)
     click.echo(text, nl=False)
 
 
@@ -176,7 +150,7 @@ _STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 
 
 @click.command()
-@config_option
+@config_option()
 @click.pass_context
 def doctor(ctx: click.Context, config_path: Path) -> None:
     """Check everything whisperd needs; exit 1 if anything FAILs."""
@@ -206,7 +180,7 @@ def doctor(ctx: click.Context, config_path: Path) -> None:
 
 
 @click.command()
-@config_option
+@config_option()
 @click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=50, show_default=True, help="How many lines to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
 @click.pass_context
@@ -222,7 +196,7 @@ def logs(ctx: click.Context, config_path: Path, count: int, follow: bool) -> Non
         for line in logs_mod.tail(path, count):
             click.echo(line)
     elif not follow:
-        _die(f"no log file yet at {path}")
+        die(f"no log file yet at {path}")
     if follow:
         try:
             logs_mod.follow(path, lambda s: click.echo(s, nl=False), poll=POLL_SECONDS, sleep=lambda s: _sleep(s))

@@ -138,13 +138,16 @@ def publish(tmp: Path, final: Path, *, replace: bool = False) -> Path:
     return final
 
 
-def write_atomic(directory: Path, name: str, data: bytes, *, replace: bool = False) -> Path:
-    """Write ``data`` under a hidden temporary name, fsync, then publish it as ``name``."""
+def write_atomic(directory: Path, name: str, data: bytes, *, replace: bool = False, mode: int | None = None) -> Path:
+    """Write ``data`` under a hidden temporary name, fsync, then publish it as ``name``
+    (over an existing file only with ``replace``), with permissions ``mode`` when given."""
     tmp = temp_path(directory)
     try:
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         return publish(tmp, directory / name, replace=replace)
     finally:

@@ -30,7 +30,7 @@ from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
 from daemon.queue import Queue
 from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
-from daemon.procs import WorkerProcess, log_listener, new_log_queue
+from daemon.procs import WorkerProcess, log_listener, new_log_queue, pid_alive
 
 log = logging.getLogger("whisperd.service")
 
@@ -53,15 +53,7 @@ def _owner_alive(owner: str) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 class AlreadyRunning(WhisperdError):
@@ -279,7 +271,7 @@ class Service:
         def wake() -> None:
             self.flags.wake.set()
 
-        timers = self._clock_factory(self.config, on_rescan=rescan, on_reap=wake, on_window_change=wake, on_cleanup=wake)
+        timers = self._clock_factory(self.config, on_rescan=rescan, on_reap=wake, on_window_change=wake)
         timers.start()
         return timers
 
@@ -632,15 +624,7 @@ def read_status(config: Config) -> dict[str, Any]:
     except (OSError, ValueError):
         return {"running": False}
     pid = data.get("pid")
-    alive = False
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
+    alive = isinstance(pid, int) and pid_alive(pid)
     data["running"] = bool(data.get("running")) and alive
     return data
 
