@@ -2,7 +2,8 @@
 
 ``decide(GovernorInputs) -> Decision`` is a pure function; ``Governor`` feeds
 it from the probes, remembers the thermal history needed for the cooldown and
-is what the service loop and the workers call.
+is what the service loop calls. Workers never call it: the service sends each
+one a ``Permission`` (claim, pause) built from the decision.
 
 The gates, in the order they are checked:
 
@@ -27,8 +28,8 @@ The gates, in the order they are checked:
    ``Decision.immediate_only`` is set.
 4. **Memory.** A job starts only if, after it, at least ``memory.floor_gb``
    stays available — the first job included: a 16 GB Mac must never swap. The
-   model's weights are counted once (the engine is shared by all workers and
-   batches chunks from several files); each job adds its own working set.
+   model's weights count only while no model is loaded (a loaded one is already
+   in the memory in use); each job adds its own working set.
    An unreadable memory figure blocks new starts.
 """
 
@@ -73,8 +74,8 @@ _JOB_OVERHEAD = 100 * MIB  # decoded audio, VAD, outputs
 class MemoryEstimate:
     """A rough upper estimate, not a measurement.
 
-    ``model_bytes``: the weights at the chosen precision, held once by the
-    shared engine. ``job_bytes``: what each running job adds (the batch's
+    ``model_bytes``: the weights at the chosen precision, held by a worker's
+    engine. ``job_bytes``: what each running job adds (the batch's
     working set, which grows with the model's width, plus audio buffers).
     """
 
@@ -241,9 +242,8 @@ def decide(i: GovernorInputs) -> Decision:
 class Governor:
     """Wires the probes to ``decide`` and remembers the thermal history across calls.
 
-    Thread-safe: the service loop calls ``decide`` and workers call
-    ``should_pause`` between chunks. The thermal probe is read at most once
-    per ``thermal_ttl_seconds``: by default the probe's own ``fresh_seconds``
+    Called by the service loop; a lock guards the thermal history all the same.
+    The thermal probe is read at most once per ``thermal_ttl_seconds``: by default the probe's own ``fresh_seconds``
     (a file or sensor at every chunk boundary, ``pmset``, a subprocess, every 5 s). ``clock`` measures
     the cooldown (monotonic by default); ``now`` gives local wall-clock time for
     windows and messages.
@@ -363,8 +363,4 @@ class Governor:
         self.last_decision = decision
         return decision
 
-    def should_pause(self) -> tuple[bool, str | None]:
-        """For workers between chunks: (pause?, why). Resume when it returns False."""
-        decision = decide(self.inputs(running=1, model_loaded=True))
-        return (True, decision.reason) if decision.pause_running else (False, None)
 

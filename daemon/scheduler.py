@@ -8,8 +8,7 @@ APScheduler's jobs live in a MemoryJobStore that is rebuilt at every start.
   per boundary, on the days it happens), so the service loop re-decides at
   once instead of waiting for its next tick;
 - ``on_rescan()`` every ``watch.rescan_minutes``;
-- ``on_reap()`` every ``jobs.lease_seconds / 2`` (expired leases);
-- ``on_cleanup()`` a few minutes after start and then daily (retention).
+- ``on_reap()`` every ``jobs.lease_seconds / 2`` (expired leases).
 
 Every job coalesces missed runs into one, never overlaps itself, and may run
 up to ``schedule.misfire_grace_minutes`` late, so a Mac that wakes from sleep
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timezone, tzinfo
 from typing import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -35,8 +34,6 @@ from daemon.config import Config
 from daemon.windows import boundaries
 
 log = logging.getLogger(__name__)
-
-CLEANUP_DELAY = timedelta(minutes=5)
 
 
 def local_timezone() -> tzinfo:
@@ -80,10 +77,8 @@ class Clock:
         on_rescan: Callable[[], object],
         on_reap: Callable[[], object],
         on_window_change: Callable[[], object],
-        on_cleanup: Callable[[], object],
         *,
         timezone: tzinfo | str | None = None,
-        now: Callable[[tzinfo], datetime] = datetime.now,
     ) -> None:
         self.config = config
         self.timezone = timezone if timezone is not None else local_timezone()
@@ -105,8 +100,6 @@ class Clock:
             id="rescan", name="rescan inboxes")
         add(_guarded("reap", on_reap), IntervalTrigger(seconds=max(config.jobs.lease_seconds / 2, 0.5), timezone=tz),
             id="reap", name="reap expired leases")
-        add(_guarded("cleanup", on_cleanup), IntervalTrigger(days=1, timezone=tz),
-            id="cleanup", name="retention clean-up", next_run_time=now(tz) + CLEANUP_DELAY)
         for b in boundaries(config.schedule.windows, config.schedule.days):
             day_of_week = ",".join(b.days) if b.days else None
             add(_guarded("window", on_window_change),
@@ -124,5 +117,5 @@ class Clock:
             log.info("clock stopped", extra={"action": "clock.stop"})
 
     def next_runs(self) -> dict[str, datetime | None]:
-        """Job id → next fire time, for ``whisperd status``."""
+        """Job id → next fire time."""
         return {job.id: getattr(job, "next_run_time", None) for job in self.scheduler.get_jobs()}

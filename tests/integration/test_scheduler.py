@@ -10,7 +10,7 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 
 from daemon.config import Config, JobsConfig, ModelConfig, ScheduleConfig, WatchConfig
-from daemon.scheduler import CLEANUP_DELAY, Clock, local_timezone
+from daemon.scheduler import Clock, local_timezone
 
 WAIT = 10.0  # seconds; the callbacks below are due within a second
 
@@ -37,7 +37,7 @@ def clocks():
 def test_rescan_and_reap_fire(clocks):
     rescanned, reaped = threading.Event(), threading.Event()
     cfg = make_config(watch=WatchConfig(rescan_minutes=0.01), jobs=JobsConfig(lease_seconds=1.0))  # 0.6 s, 0.5 s
-    clock = Clock(cfg, on_rescan=rescanned.set, on_reap=reaped.set, on_window_change=noop, on_cleanup=noop)
+    clock = Clock(cfg, on_rescan=rescanned.set, on_reap=reaped.set, on_window_change=noop)
     clocks.append(clock)
     clock.start()
     assert rescanned.wait(WAIT), "rescan callback did not fire"
@@ -55,7 +55,7 @@ def test_a_failing_callback_is_logged_and_the_schedule_goes_on(clocks, caplog):
         again.set()
 
     cfg = make_config(jobs=JobsConfig(lease_seconds=1.0))
-    clock = Clock(cfg, on_rescan=noop, on_reap=flaky, on_window_change=noop, on_cleanup=noop,
+    clock = Clock(cfg, on_rescan=noop, on_reap=flaky, on_window_change=noop,
                   timezone=ZoneInfo("UTC"))
     clocks.append(clock)
     with caplog.at_level(logging.ERROR, logger="daemon.scheduler"):
@@ -69,19 +69,16 @@ def test_job_defaults_and_triggers(clocks):
     cfg = make_config(schedule=ScheduleConfig(windows=("22:00-07:00", "12:00-13:00"), days=("fri",),
                                               misfire_grace_minutes=30),
                       watch=WatchConfig(rescan_minutes=10), jobs=JobsConfig(lease_seconds=120))
-    start = datetime(2024, 1, 1, 12, 0, tzinfo=zone)
-    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop, on_cleanup=noop,
-                  timezone=zone, now=lambda tz: start)
+    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop, timezone=zone)
     clocks.append(clock)
     clock.scheduler.start(paused=True)  # job defaults are applied when the scheduler starts
     jobs = {job.id: job for job in clock.scheduler.get_jobs()}
-    assert set(jobs) == {"rescan", "reap", "cleanup", "window-0700", "window-1200", "window-1300", "window-2200"}
+    assert set(jobs) == {"rescan", "reap", "window-0700", "window-1200", "window-1300", "window-2200"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 30 * 60
     assert jobs["rescan"].trigger.interval == timedelta(minutes=10)
     assert jobs["reap"].trigger.interval == timedelta(seconds=60)
-    assert jobs["cleanup"].trigger.interval == timedelta(days=1)
-    assert clock.next_runs()["cleanup"] == start + CLEANUP_DELAY
+    assert clock.next_runs()["reap"] is not None
 
     # the night window opens Friday 22:00 and closes Saturday 07:00, in the configured zone
     monday = datetime(2024, 1, 1, 8, 0, tzinfo=zone)
@@ -95,7 +92,7 @@ def test_job_defaults_and_triggers(clocks):
 def test_window_boundary_follows_local_time_across_daylight_saving(clocks):
     zone = ZoneInfo("Europe/Berlin")  # clocks went forward on 2024-03-31
     cfg = make_config(schedule=ScheduleConfig(windows=("22:00-07:00",)))
-    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop, on_cleanup=noop, timezone=zone)
+    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop, timezone=zone)
     clocks.append(clock)
     opens = {job.id: job for job in clock.scheduler.get_jobs()}["window-2200"].trigger
     fire = opens.get_next_fire_time(None, datetime(2024, 3, 31, 12, 0, tzinfo=zone))
@@ -105,17 +102,17 @@ def test_window_boundary_follows_local_time_across_daylight_saving(clocks):
 
 def test_zero_grace_is_one_second_and_no_windows_means_no_window_jobs(clocks):
     cfg = make_config(schedule=ScheduleConfig(misfire_grace_minutes=0))
-    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop, on_cleanup=noop,
+    clock = Clock(cfg, on_rescan=noop, on_reap=noop, on_window_change=noop,
                   timezone="UTC")
     clocks.append(clock)
     clock.scheduler.start(paused=True)
     jobs = clock.scheduler.get_jobs()
-    assert {j.id for j in jobs} == {"rescan", "reap", "cleanup"}
+    assert {j.id for j in jobs} == {"rescan", "reap"}
     assert all(j.misfire_grace_time == 1 for j in jobs)
 
 
 def test_shutdown_is_idempotent_and_local_timezone_is_a_tzinfo():
-    clock = Clock(make_config(), on_rescan=noop, on_reap=noop, on_window_change=noop, on_cleanup=noop)
+    clock = Clock(make_config(), on_rescan=noop, on_reap=noop, on_window_change=noop)
     clock.start()
     clock.shutdown()
     clock.shutdown()

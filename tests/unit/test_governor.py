@@ -171,26 +171,30 @@ def make_governor(probe, clock: FakeClock, config: Config | None = None, **kw) -
                     thermal_ttl_seconds=0, **kw)
 
 
+def paused_now(gov: Governor) -> tuple[bool, str | None]:
+    """Whether a running job would be told to pause now, and why (what the service sends a worker)."""
+    decision = gov.decide(running=1, model_loaded=True)
+    return (True, decision.reason) if decision.pause_running else (False, None)
+
+
 def test_governor_pauses_on_serious_and_resumes_only_after_cooldown():
     clock, probe = FakeClock(), FixedProbe(N)
     gov = make_governor(probe, clock)
     assert gov.decide(running=0).slots == 2
-    assert gov.should_pause() == (False, None)
 
     clock.advance(60)  # 23:01
     probe.set(S)
-    assert gov.should_pause() == (True, "paused: thermal serious since 23:01")
     assert gov.decide(running=1) == Decision(0, "paused: thermal serious since 23:01", pause_running=True)
 
     clock.advance(30)
     probe.set(N)  # cooled, but only just
-    paused, why = gov.should_pause()
+    paused, why = paused_now(gov)
     assert paused and why == "paused: cooling down after thermal serious, resuming at 23:03"
     clock.advance(89)  # 119 s after the last serious reading
-    assert gov.should_pause()[0]
+    assert paused_now(gov)[0]
     probe.set(F)  # wobbling at fair does not restart the cooldown...
     clock.advance(1)
-    assert gov.should_pause() == (False, None)
+    assert paused_now(gov) == (False, None)
     assert gov.decide(running=0).slots == 1  # ...and fair allows on_fair jobs
     probe.set(C)  # a new spell
     assert gov.decide(running=0).reason == "paused: thermal critical since 23:03"
@@ -221,7 +225,7 @@ def test_governor_reads_the_thermal_probe_at_most_once_per_ttl():
     gov = Governor(make_config(), thermal_probe=probe, memory_probe=lambda: 8 * GIB, clock=lambda: clock.t,
                    now=lambda: clock.wall, thermal_ttl_seconds=5)
     gov.decide(0)
-    gov.should_pause()
+    paused_now(gov)
     assert CountingProbe.reads == 1
     clock.advance(5)
     gov.decide(0)
@@ -234,9 +238,9 @@ def test_governor_rereads_cheap_probes_at_every_boundary_and_pmset_every_few_sec
     clock = FakeClock()
     gov = Governor(make_config(), thermal_probe=FileProbe(state), memory_probe=lambda: 8 * GIB,
                    clock=lambda: clock.t, now=lambda: clock.wall)
-    assert gov.should_pause() == (False, None)
+    assert paused_now(gov) == (False, None)
     state.write_text("serious")
-    assert gov.should_pause()[0]  # no time passed: the file is read again
+    assert paused_now(gov)[0]  # no time passed: the file is read again
 
     runs = []
 
@@ -246,11 +250,11 @@ def test_governor_rereads_cheap_probes_at_every_boundary_and_pmset_every_few_sec
 
     gov = Governor(make_config(), thermal_probe=PmsetProbe(pmset), memory_probe=lambda: 8 * GIB,
                    clock=lambda: clock.t, now=lambda: clock.wall)
-    gov.should_pause()
+    paused_now(gov)
     gov.decide(0)
     assert len(runs) == 1
     clock.advance(5)
-    gov.should_pause()
+    paused_now(gov)
     assert len(runs) == 2
 
 
@@ -304,9 +308,9 @@ def test_governor_power_and_idle_callables():
     cfg = make_config(power=PowerConfig(only_on_ac_power=True, only_when_idle_minutes=10))
     power = {"ac": False, "idle": 30.0}
     gov = make_governor(FixedProbe(N), clock, cfg, on_ac_power=lambda: power["ac"], idle_seconds=lambda: power["idle"])
-    assert gov.should_pause() == (True, "waiting for AC power")
+    assert paused_now(gov) == (True, "waiting for AC power")
     power["ac"] = True
-    assert gov.should_pause() == (False, None)
+    assert paused_now(gov) == (False, None)
     assert gov.decide(0).reason == "waiting until the Mac has been idle 10 min"
     power["idle"] = 601.0
     assert gov.decide(0) == Decision(2)
