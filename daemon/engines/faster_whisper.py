@@ -49,8 +49,6 @@ class FasterWhisperEngine:
         device: str = "auto",
         precision: str = "auto",
         threads: int = 0,
-        batch_size: int = 8,
-        beam_size: int = 1,
         cache_dir: Path | None = None,
     ) -> None:
         try:
@@ -76,8 +74,6 @@ class FasterWhisperEngine:
                 f"faster-whisper could not load model {name!r} from {source!r} ({exc}); "
                 "point model.name at a CTranslate2 model folder, or use tiny.en or base"
             ) from exc
-        self.beam_size = max(1, beam_size)
-        self.batch_size = batch_size
         self.info = EngineInfo("faster-whisper", name, device, precision)
 
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
@@ -89,7 +85,7 @@ class FasterWhisperEngine:
                 chunk.audio,
                 language=language,
                 task=task,
-                beam_size=self.beam_size,
+                beam_size=1,  # greedy, as the openai-whisper engine decodes
                 vad_filter=False,
                 without_timestamps=False,
                 condition_on_previous_text=False,

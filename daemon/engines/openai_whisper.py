@@ -96,7 +96,6 @@ class OpenAIWhisperEngine:
         precision: str = "auto",
         threads: int = 0,
         batch_size: int = 8,
-        beam_size: int | None = None,
         name: str | None = None,
         cache_dir: Path | None = None,
         fit_windows: bool = False,
@@ -119,7 +118,6 @@ class OpenAIWhisperEngine:
         # threads: 0 lets the number follow the load, as long as idle threads give their cores up
         self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and short_spin else None
         self._last_threads = self.threads
-        self.beam_size = beam_size if beam_size and beam_size > 1 else None
         device = pick_device(device)
         precision = pick_precision(device, precision)
         model = load_checkpoint(checkpoint, cache_dir=cache_dir)
@@ -153,7 +151,7 @@ class OpenAIWhisperEngine:
         self.bf16_vocabulary = precision == "bf16"
         self.bf16_attention = self.bf16_vocabulary and cpu_has_amx()
         # the padding of fit windows is masked by the CPU's greedy token step only
-        self.fit_windows = fit_windows and device == "cpu" and self.beam_size is None
+        self.fit_windows = fit_windows and device == "cpu"
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
@@ -273,7 +271,7 @@ class OpenAIWhisperEngine:
             )
         else:
             options = whisper.DecodingOptions(
-                task=task, language=language, temperature=0.0, beam_size=self.beam_size, fp16=fp16
+                task=task, language=language, temperature=0.0, fp16=fp16
             )
         from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
 
