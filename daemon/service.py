@@ -145,6 +145,9 @@ class Service:
         self._events_lock = threading.Lock()
         self._ignore_windows = False
         self._last_lease_check = float("-inf")
+        # the rescan's own timer, on the monotonic clock: the wall-clock timers (APScheduler's) wake the
+        # loop sooner, but one set back an hour would hold a rescan back an hour
+        self._last_rescan = float("-inf")
         self._idle = False  # nothing queued, settling or running, as of the last tick
         self._first_tick = True
         self._unscanned = set(range(len(config.folders)))  # inboxes whose start-up scan is not in yet
@@ -332,8 +335,9 @@ class Service:
         self._look_again()
         try:
             if "database" not in self.faults.held:  # else only the look again runs, off this thread
-                if self._rescan_due:
+                if self._rescan_due or self.monotonic() - self._last_rescan >= self.config.watch.rescan_minutes * 60:
                     self._rescan_due = False
+                    self._last_rescan = self.monotonic()
                     self.rescan()
                 self._drain_events()
                 for settled in self.settler.poll():
@@ -531,17 +535,24 @@ class Service:
             self.notifier.tick(queue_empty=empty)
 
     def _heartbeat(self) -> None:
-        """Renew the leases of jobs our workers hold, and reap expired ones, a few times per lease."""
+        """Renew the leases of jobs our workers hold, and reap expired ones, a few times per lease.
+
+        How often is measured on the monotonic clock. A lease's expiry is wall time (it is shared
+        through the database), and wall time jumps: a Mac that slept overnight, a clock set an hour
+        forward. So a lease held by one of our own workers that is alive never expires here,
+        whatever the wall clock says (a dead one's jobs are taken back as soon as its end is seen,
+        ``_poll_workers``); expiry only takes back jobs of owners this daemon cannot vouch for."""
         assert self.queue is not None
         if self.monotonic() - self._last_lease_check < self.config.jobs.lease_seconds / 4:
             return
         self._last_lease_check = self.monotonic()
         now = self.clock()
+        ours = [w.owner for w in self.workers if w.owner and w.alive]
         for w in self.workers:
             for job_id in w.active_jobs():
                 if w.owner:
                     self.queue.heartbeat(job_id, w.owner, now=now, lease_seconds=self.config.jobs.lease_seconds)
-        self.queue.reap(now=now)
+        self.queue.reap(now=now, owners_alive=ours)
 
     def _drained(self) -> bool:
         assert self.queue is not None
