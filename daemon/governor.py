@@ -104,11 +104,6 @@ def estimate_memory(model_name: str, precision: str = "auto", batch_size: int = 
     return MemoryEstimate(model_bytes=weights, job_bytes=work)
 
 
-def estimate_job_bytes(model_name: str, precision: str = "auto", batch_size: int = 1) -> int:
-    """Weights plus one job's working set: what the first job costs with the model not yet loaded."""
-    return estimate_memory(model_name, precision, batch_size).total
-
-
 # --------------------------------------------------------------------------- policy
 
 

@@ -115,7 +115,3 @@ class Clock:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
             log.info("clock stopped", extra={"action": "clock.stop"})
-
-    def next_runs(self) -> dict[str, datetime | None]:
-        """Job id → next fire time."""
-        return {job.id: getattr(job, "next_run_time", None) for job in self.scheduler.get_jobs()}

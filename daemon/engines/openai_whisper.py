@@ -586,11 +586,6 @@ def _is_silence(r: Any) -> bool:
     return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD
 
 
-def parse_segments(tokens: Sequence[int], tokenizer: Any, start: float, end: float) -> list[Segment]:
-    """All the segments of a window, text without a closing timestamp ending at ``end``."""
-    return parse_window(tokens, tokenizer, start, end, final=True)[0]
-
-
 def parse_window(
     tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
 ) -> tuple[list[Segment], float | None]:

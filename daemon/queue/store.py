@@ -215,11 +215,6 @@ class Queue:
             rows = conn.execute(select(jobs).order_by(jobs.c.id)).mappings().all()
         return [_job(r) for r in rows]
 
-    def active_for(self, path: str) -> Job | None:
-        with self._read() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.path == path, jobs.c.state.in_(ACTIVE))).mappings().first()
-        return _job(row) if row else None
-
     def done_with_hash(self, content_hash: str, exclude_id: int | None = None) -> Job | None:
         """The first finished transcription of this content, if any (for duplicates)."""
         q = select(jobs).where(

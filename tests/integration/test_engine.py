@@ -15,7 +15,7 @@ from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.hardware import pick_device, pick_precision
 from daemon.engines.loader import load_engine
 from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
-from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_segments, parse_window
+from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_window
 from daemon.errors import ModelError
 from tests import speech
 
@@ -570,7 +570,7 @@ def test_openmp_workers_stop_spinning_soon_unless_told_otherwise(given, expected
     assert out.stdout.strip() == expected
 
 
-def test_parse_segments_reads_timestamp_pairs(engine):
+def test_parse_window_reads_timestamp_pairs(engine):
     tok = engine._tokenizer("en", "transcribe")
 
     def ts(seconds: float) -> int:
@@ -578,13 +578,13 @@ def test_parse_segments_reads_timestamp_pairs(engine):
 
     tokens = [ts(0.0), *tok.encode(" Hello there."), ts(1.5), ts(1.5), *tok.encode(" General"), ts(3.0)]
     tokens += [*tok.encode(" Kenobi")]  # no closing timestamp: runs to the chunk's end
-    segments = parse_segments(tokens, tok, 100.0, 104.0)
+    segments, _ = parse_window(tokens, tok, 100.0, 104.0, final=True)
     assert [(s.start, s.end, s.text) for s in segments] == [
         (100.0, 101.5, "Hello there."),
         (101.5, 103.0, "General"),
         (103.0, 104.0, "Kenobi"),
     ]
-    late = parse_segments([ts(0.5), *tok.encode(" Late"), ts(29.0)], tok, 10.0, 20.0)
+    late, _ = parse_window([ts(0.5), *tok.encode(" Late"), ts(29.0)], tok, 10.0, 20.0, final=True)
     assert [(s.start, s.end) for s in late] == [(10.5, 20.0)]  # clamped to the chunk
 
 
