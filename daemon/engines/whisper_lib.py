@@ -27,12 +27,18 @@ _lock = threading.Lock()  # installing or replacing the stand-in
 _init_lock = threading.Lock()  # switching torch's initializers off and on
 
 
-def import_whisper() -> Any:
-    """``import whisper``, with ``whisper.timing`` standing in for the real module if whisper
-    has not been imported yet. Every first import of whisper in whisperd goes through here."""
+def lazy_timing() -> None:
+    """Put the stand-in for ``whisper.timing`` in place, if whisper has not been imported yet.
+    ``daemon.engines`` calls it when it is imported, so every import of whisper from whisperd's
+    code (all of it in this package, or after importing it) finds the stand-in."""
     with _lock:
         if "whisper" not in sys.modules and TIMING not in sys.modules:
             sys.modules[TIMING] = _Timing(TIMING)
+
+
+def import_whisper() -> Any:
+    """``import whisper``, with ``whisper.timing`` standing in for the real module."""
+    lazy_timing()
     import whisper
 
     return whisper
