@@ -149,7 +149,7 @@ def transcribe(files: tuple[Path, ...], output_dir: Path, model_name: str | None
 
 
 def _register_service_commands() -> None:
-    from daemon.cli_service import agent, doctor, logs
+    from daemon.cli_manage import agent, doctor, logs
 
     for command in (agent, doctor, logs):
         main.add_command(command)

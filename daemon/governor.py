@@ -45,7 +45,7 @@ from typing import Callable
 
 from daemon.config import Config
 from daemon.probes import MemoryProbe, ThermalLevel, ThermalProbe, ThermalReading, available_memory_bytes
-from daemon.windows import describe_next, in_window, next_window_start
+from daemon.timewindows import describe_next, in_window, next_window_start
 
 log = logging.getLogger(__name__)
 

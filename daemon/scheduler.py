@@ -31,7 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.config import Config
-from daemon.windows import boundaries
+from daemon.timewindows import boundaries
 
 log = logging.getLogger(__name__)
 

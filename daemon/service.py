@@ -1,4 +1,4 @@
-"""Wiring and the daemon's main loop.
+"""The daemon's main loop (the real probes, clock and notifier it runs with are chosen in wiring.py).
 
 The main thread owns the watcher, the settle check and enqueueing; workers
 own the model. Signal handlers only set flags. What a crash leaves behind

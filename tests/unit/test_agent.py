@@ -26,7 +26,7 @@ from daemon.agent import (
     render_plist,
     render_unit,
 )
-from daemon.cli_service import agent
+from daemon.cli_manage import agent
 
 REPO = Path(__file__).resolve().parents[2]
 EXE = Path("/Users/me/whisperd/.venv/bin/whisperd")

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from daemon import cli_service
+from daemon import cli_manage
 from daemon import config as config_mod
 from daemon import doctor
 from daemon.agent import ServiceError, ServiceStatus
@@ -250,7 +250,7 @@ def cli() -> click.Group:
     def main() -> None:
         pass
 
-    main.add_command(cli_service.doctor)
+    main.add_command(cli_manage.doctor)
     return main
 
 

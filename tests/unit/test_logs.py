@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from daemon import cli_service
+from daemon import cli_manage
 from daemon.logs import (
     LOGGER_NAMES,
     PrivateRotatingFileHandler,
@@ -152,7 +152,7 @@ def cli() -> click.Group:
     def main() -> None:
         pass
 
-    main.add_command(cli_service.logs)
+    main.add_command(cli_manage.logs)
     return main
 
 
@@ -208,7 +208,7 @@ def test_logs_follow_stops_cleanly_on_ctrl_c(tmp_path, monkeypatch):
         else:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_service, "_sleep", fake_sleep)
+    monkeypatch.setattr(cli_manage, "_sleep", fake_sleep)
     result = CliRunner().invoke(cli(), ["logs", "-f", "-n", "1", "-c", str(conf)])
     assert result.exit_code == 0
     assert result.stdout == "old\nnew\n"

@@ -1,4 +1,5 @@
-"""Click commands ``agent``, ``doctor`` and ``logs``; the main group adds them with ``main.add_command``.
+"""Commands that manage whisperd rather than run it: ``agent`` (the launchd/systemd service),
+``doctor`` and ``logs``. The main group (cli.py) adds them with ``main.add_command``.
 
 Tests (or a caller) may pass ``obj={"service_manager": ...}`` to replace the
 platform's launchd/systemd manager.

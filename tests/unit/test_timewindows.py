@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.windows import Boundary, Window, boundaries, describe_next, in_window, next_window_start
+from daemon.timewindows import Boundary, Window, boundaries, describe_next, in_window, next_window_start
 
 # 2024-01-01 is a Monday; 2024-01-05 a Friday.
 

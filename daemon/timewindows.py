@@ -1,4 +1,5 @@
-"""Time windows: when new work may start.
+"""Schedule time windows (``schedule.windows``, ``schedule.days``): when new work may start. Not to
+be confused with the engine's windows, the 30 s stretches of audio the model reads at a time.
 
 A window is ``"HH:MM-HH:MM"`` in local wall-clock time. It may cross midnight
 (``"22:00-07:00"``); a window whose start equals its end lasts a whole day.
