@@ -16,7 +16,9 @@ import click
 
 from daemon import doctor as doctor_mod
 from daemon import logs as logs_mod
-from daemon.agent import ServiceError, ServiceManager, render_plist, render_unit, config_file, find_whisperd
+from daemon.agent import ServiceError, ServiceManager, config_file, find_whisperd
+from daemon.platform.launchd import render_plist
+from daemon.platform.systemd import render_unit
 from daemon.cli_common import config_option, die, load_config
 
 POLL_SECONDS = 0.5

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import sys
 
-from daemon.agent import Launchd, ServiceManager, Systemd
+from daemon.agent import ServiceManager
 from daemon.platform.base import AccessProblem, KeepAwake, NoKeepAwake
 
 IS_MACOS = sys.platform == "darwin"
 
 if IS_MACOS:
     from daemon.platform import macos as _impl
+    from daemon.platform.launchd import Launchd
 
     service_manager: ServiceManager = Launchd()
     notify_sender = _impl.OsascriptSender()
@@ -28,6 +29,7 @@ if IS_MACOS:
 
 else:
     from daemon.platform import linux as _impl  # type: ignore[no-redef]
+    from daemon.platform.systemd import Systemd
 
     service_manager = Systemd()
     notify_sender = _impl.NotifySendSender()  # type: ignore[assignment]

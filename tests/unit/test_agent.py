@@ -15,17 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from daemon import config as config_mod
-from daemon.agent import (
-    NO_SYSTEMCTL,
-    NO_USER_BUS,
-    Launchd,
-    ServiceError,
-    Systemd,
-    find_whisperd,
-    launchd_job,
-    render_plist,
-    render_unit,
-)
+from daemon.agent import ServiceError, find_whisperd
+from daemon.platform.launchd import Launchd, launchd_job, render_plist
+from daemon.platform.systemd import NO_SYSTEMCTL, NO_USER_BUS, Systemd, render_unit
 from daemon.cli_manage import agent
 
 REPO = Path(__file__).resolve().parents[2]

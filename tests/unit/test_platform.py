@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import daemon.platform as platform
-from daemon.agent import Launchd, Systemd
+from daemon.platform.launchd import Launchd
+from daemon.platform.systemd import Systemd
 from daemon.platform import linux, macos
 from daemon.platform.base import PROBE_PREFIX, NoKeepAwake
 
