@@ -14,8 +14,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0  # Whisper's window
 # Chunks are cut a little shorter than the window: when speech fills all 30 s, Whisper tends to stop
-# before the last words (measured on a 29.4 s LibriSpeech utterance: WER 22.5% as one 29.4 s chunk,
-# 11.3% cut at a pause into two; on 137 s of several speakers 7.7% → 4.4%).
+# before the last words (docs/decisions.md, "Chunks cut at pauses").
 CHUNK_SECONDS = 24.0
 
 

@@ -4,8 +4,7 @@ A worker alternates between getting chunks (PyAV decoding, resampling, Silero VA
 and handing them to the model; done in turn, the model waits for the audio and the
 audio for the model. Decoding, onnxruntime and torch all release the GIL, so with
 the next chunks prepared in a thread while the model works on the current ones,
-much of the audio side leaves a long file's time (measured: 0.5 of the 1.2 s it
-took on a 5.5-minute recording).
+much of the audio side leaves a long file's time (docs/decisions.md).
 
 The items, their order and any error are the source's own: an error reaches the
 consumer at the point where the source raised it, after the items before it.
