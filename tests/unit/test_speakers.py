@@ -128,3 +128,35 @@ def test_speakers_is_true_false_or_a_count(tmp_path):
     for bad in ("0", "yes please", "2.5"):
         with pytest.raises(ConfigError, match="speakers"):
             folder(bad)
+
+
+def test_doctor_says_whether_speaker_labels_are_installed_and_work(tmp_path, monkeypatch):
+    from daemon import doctor, voices
+    from daemon.config import load
+
+    def config(speakers):
+        p = tmp_path / "config.yaml"
+        p.write_text(f"folders:\n  - inbox: in\n    speakers: {speakers}\n")
+        p.chmod(0o644)
+        return load(p)
+
+    ok = doctor.check_speakers(config("true"), self_test=lambda cache: f"voice prints work (cache {cache.name})")
+    assert ok.status == doctor.Status.OK and "voice prints work (cache speakers)" in ok.detail
+
+    def broken(cache):
+        raise OSError("libfbank_extractor.so: cannot open shared object file")
+
+    bad = doctor.check_speakers(config("true"), self_test=broken)
+    assert bad.status == doctor.Status.FAIL and "libfbank_extractor" in bad.detail
+    assert doctor.check_speakers(config("false")).status == doctor.Status.OK
+    monkeypatch.setattr(voices, "installed", lambda: False)
+    missing = doctor.check_speakers(config("2"))
+    assert missing.status == doctor.Status.FAIL and "pip install 'whisperd[speakers]'" in missing.fix
+
+
+def test_the_governor_counts_the_speaker_models_where_a_folder_wants_labels():
+    from daemon.governor import estimate_memory
+
+    plain = estimate_memory("tiny.en")
+    labelled = estimate_memory("tiny.en", speakers=True)
+    assert labelled.model_bytes > plain.model_bytes and labelled.job_bytes > plain.job_bytes
