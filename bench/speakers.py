@@ -14,8 +14,11 @@ stream, then clustering; its time and the process's peak memory are reported.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,26 +128,88 @@ def score(truth: Sequence[Turn], found: Sequence[tuple[float, float, object]], s
 
 
 def diarize(printer, conv: Conversation, count: int | None = None) -> tuple[list[Turn], float, int]:
-    """(turns found, seconds, chunks): prints of the worker's chunks of the conversation, then
-    the clustering, as the worker does it."""
+    """(turns found, seconds, prints): prints of the worker's chunks of the conversation, then
+    the clustering, as the worker does it. Only the prints and the clustering are timed (the
+    decoding and cutting are the transcription's)."""
     import tempfile
 
+    took = 0.0
+    voices = []
     with tempfile.TemporaryDirectory() as tmp:
         path = write_wav(Path(tmp) / "conversation.wav", conv.samples)
-        chunks = list(audio.iter_chunks(path))  # the transcription's own stream, not timed here
+        for c in audio.iter_chunks(path):
+            t0 = time.perf_counter()
+            voices.extend(printer.prints(c.audio, c.start))
+            took += time.perf_counter() - t0
     t0 = time.perf_counter()
-    voices = []
-    for c in chunks:
-        voices.extend(printer.prints(c.audio, c.start))
     turns = printer.turns(voices, count)
-    return turns, time.perf_counter() - t0, len(chunks)
+    return turns, took + time.perf_counter() - t0, len(voices)
+
+
+_SPEAKERS_LINE = re.compile(r"(\d+) found from (\d+) voice prints \(([\d.]+) s taking them in this run, ([\d.]+) s clustering\)")
+
+
+def daemon(minutes: float, root: Path) -> list[dict]:
+    """``whisperd run --drain`` on one conversation of ``minutes``, with ``speakers`` off and on:
+    wall time, peak RSS of daemon + worker, the labels' score and the worker's own account of
+    the time its voice prints and clustering took."""
+    import yaml
+
+    from bench import whisperd_cli as wd
+    from bench.run import WORK
+    from daemon.engines.models import resolve_checkpoint
+
+    cache = WORK / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    resolve_checkpoint("tiny.en", cache)
+    conv = build(READERS[:4], seconds=minutes * 60)
+    src = write_wav(root / "conversation.wav", conv.samples)
+    conv_turns = conv.turns
+    del conv  # not held while the daemon runs
+    rows = []
+    for on in (False, True):
+        tree = wd.make_tree(root / ("on" if on else "off"), cache, wd.Settings(model="tiny.en", language="en"), [src])
+        doc = yaml.safe_load(tree.config.read_text())
+        doc["folders"][0]["speakers"] = on
+        doc["folders"][0]["formats"] = ["json", "txt"]
+        tree.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        tree.env["NUMBA_CACHE_DIR"] = str(WORK / "numba-speakers")  # compiled once, as a user's second start
+        r = wd.drain(tree)
+        row = {"speakers": on, "wall_s": r["wall_s"], "work_s": r["work_s"], "peak_rss_mb": r["peak_rss_mb"],
+               "foreign_cores": r["foreign_cores"], "returncode": r["returncode"]}
+        if on:
+            out = json.loads((tree.outbox / "conversation.json").read_text())
+            segs = out["segments"]
+            row["right"] = score(conv_turns, [(x["start"], x["end"], x["speaker"]) for x in segs])
+            row["found"] = len({x["speaker"] for x in segs})
+            m = _SPEAKERS_LINE.search(tree.log_path.read_text())
+            if m:
+                row.update(prints=int(m.group(2)), print_s=float(m.group(3)), cluster_s=float(m.group(4)))
+        rows.append(row)
+        shutil.rmtree(tree.root, ignore_errors=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--long", type=float, default=0, help="also a conversation this many minutes long")
     ap.add_argument("--known", action="store_true", help="tell the clustering the number of speakers")
+    ap.add_argument("--daemon", type=float, nargs="*", metavar="MINUTES",
+                    help="instead: whisperd run --drain on conversations this long, speakers off and on")
     args = ap.parse_args(argv)
+    if args.daemon:
+        import tempfile
+
+        print("| recording | speakers | wall | work | peak RSS (daemon + worker) | others' cores | speakers found | speech time right | prints | printing | clustering |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for minutes in args.daemon:
+            with tempfile.TemporaryDirectory() as tmp:
+                for r in daemon(minutes, Path(tmp)):
+                    extra = (f"{r.get('found')} of 4 | {r.get('right', 0):.1%} | {r.get('prints')} | {r.get('print_s')} s | {r.get('cluster_s')} s"
+                             if r["speakers"] else "| | | |")
+                    print(f"| 4 speakers, {minutes:g} min | {'on' if r['speakers'] else 'off'} | {r['wall_s']:.1f} s | {r['work_s']:.1f} s "
+                          f"| {r['peak_rss_mb']:.0f} MB | {r['foreign_cores']:.2f} | {extra} |", flush=True)
+        return
     from daemon.voices import Printer
 
     t0 = time.perf_counter()
