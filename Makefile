@@ -14,7 +14,7 @@ else
 TORCH_SPEC ?= torch
 endif
 
-.PHONY: install run drain test test-slow bench clean
+.PHONY: install run drain test test-slow bench bench-base clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+bench-base: $(STAMP)
+	$(BIN)/python -m bench.run --model base --out bench/results/latest-base.json
 
 clean:
 	rm -rf $(VENV) state inbox outbox archive failed .pytest_cache

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 SR = 16000
+languages: list[str | None] = []  # each file's language, as the engine decided it
 
 
 def decode(path: str | Path) -> np.ndarray:
@@ -52,37 +53,45 @@ def _openai_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
     fp16 = device != "cpu"  # transcribe's default, fp16=True, where a GPU runs it
     model = whisper.load_model(spec["checkpoint"], device=device)
 
+    language = spec.get("language")  # None: transcribe() detects it from the first 30 s
+
     def transcribe(audio: np.ndarray) -> str:
-        return model.transcribe(audio, fp16=fp16)["text"]
+        result = model.transcribe(audio, fp16=fp16, language=language)
+        languages.append(result.get("language"))
+        return result["text"]
 
     return transcribe, {"torch_threads": torch.get_num_threads(), "device": device, "fp16": fp16,
-                        "decoding": "greedy, temperature fallback (defaults)"}
+                        "decoding": "greedy, temperature fallback (defaults)", "language": language or "auto"}
 
 
 def _faster_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    model = WhisperModel(spec["ct2_dir"], device="cpu", compute_type="int8", local_files_only=True)
+    compute = spec.get("compute_type", "int8")
+    model = WhisperModel(spec["ct2_dir"], device="cpu", compute_type=compute, local_files_only=True)
     beam = spec.get("beam_size")
+    language = spec.get("language")
     if spec["engine"] == "faster-whisper-batched":
         pipeline = BatchedInferencePipeline(model=model)
         batch = int(spec.get("batch_size", 8))
 
         def transcribe(audio: np.ndarray) -> str:
-            kwargs = {"batch_size": batch}
+            kwargs: dict[str, Any] = {"batch_size": batch, "language": language}
             if beam:
                 kwargs["beam_size"] = beam
             segments, _ = pipeline.transcribe(audio, **kwargs)
             return "".join(s.text for s in segments)
 
-        return transcribe, {"batch_size": batch, "beam_size": beam or "default (5)", "compute_type": "int8"}
+        return transcribe, {"batch_size": batch, "beam_size": beam or "default (5)", "compute_type": compute}
 
     def transcribe(audio: np.ndarray) -> str:
-        kwargs = {"beam_size": beam} if beam else {}
-        segments, _ = model.transcribe(audio, **kwargs)
-        return "".join(s.text for s in segments)
+        kwargs: dict[str, Any] = {"beam_size": beam} if beam else {}
+        segments, info = model.transcribe(audio, language=language, **kwargs)
+        text = "".join(s.text for s in segments)
+        languages.append(info.language)
+        return text
 
-    return transcribe, {"beam_size": beam or "default (5)", "compute_type": "int8"}
+    return transcribe, {"beam_size": beam or "default (5)", "compute_type": compute, "language": language or "auto"}
 
 
 def main(spec_path: str, out_path: str) -> int:
@@ -106,6 +115,7 @@ def main(spec_path: str, out_path: str) -> int:
     work_s = time.perf_counter() - w0
     Path(out_path).write_text(json.dumps({
         "engine": engine, "load_s": load_s, "work_s": work_s, "texts": texts, "per_file_s": per_file, "details": details,
+        "languages": dict(zip(texts, languages)),
     }))
     return 0
 

