@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from daemon.faults import inbox_fault, model_fault
 from daemon.governor import Governor
 from daemon.jobs import Permission
 from daemon.probes import FixedProbe, ThermalLevel
@@ -135,3 +136,30 @@ def test_a_drain_stops_with_work_left_only_when_the_window_is_shut(make):
     night, cfg = make(now=NIGHT)  # the same folders and queue, at night
     night._decide()
     assert night._drained() is False  # claimable now: keep going until it is done
+
+
+def test_an_inbox_whose_disk_is_gone_holds_only_its_own_files(make, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    service, cfg = make(folders=f"  - {{inbox: {other}, output: {tmp_path}/outbox/o, archive: {tmp_path}/archive/o, "
+                                f"failed: {tmp_path}/failed/o}}\n")
+    worker = service.workers[0]
+    enqueue(service.queue, cfg, tone(cfg.folders[0].inbox / "a.wav", 2.0), folder=0)
+    service.faults.add(inbox_fault(0, cfg.folders[0].inbox))
+    service._decide()
+    assert worker.starts == 0  # the only work waits on the missing disk
+    assert "is not there" in read_status(cfg)["reason"]
+
+    enqueue(service.queue, cfg, tone(other / "b.wav", 2.0), folder=1)
+    service._decide()
+    assert worker.starts == 1 and worker.allowed[-1].folders == (1,)
+
+
+def test_a_fault_of_the_machine_pauses_everything_and_says_why(make):
+    service, cfg = make()
+    busy = service.workers[0]
+    busy.busy = busy.alive = True
+    service.faults.add(model_fault("base", OSError("no such file")))
+    service._decide()
+    perm = busy.allowed[-1]
+    assert perm.pause is True and perm.claim is False and "could not be loaded" in perm.reason

@@ -142,3 +142,22 @@ def test_a_model_that_cannot_load_holds_the_worker_and_claims_nothing(tree):
     worker.resume()
     drain(worker, queue)
     assert queue.get(1).state is State.DONE and len(faults) == 1
+
+
+def test_copies_of_one_recording_are_transcribed_once_and_wait_for_the_first(tree):
+    cfg, queue = tree()
+    first = tone(cfg.folders[0].inbox / "meeting.wav", 4.0)
+    (cfg.folders[0].inbox / "sub").mkdir()
+    copy = cfg.folders[0].inbox / "sub" / "meeting copy.wav"
+    copy.write_bytes(first.read_bytes())
+    enqueue(queue, cfg, first)
+    enqueue(queue, cfg, copy)
+    engine = FakeEngine(batch_size=cfg.model.batch_size)
+    drain(fake_worker(cfg, queue, engine), queue)
+
+    assert batch_files(engine, cfg, queue) == [["meeting.wav"]]  # the copy never reached the model
+    assert queue.get(2).state is State.DONE and queue.get(2).duplicate_of == 1
+    note = (cfg.folders[0].archive / "sub" / "meeting copy.wav.duplicate.txt").read_text()
+    assert "same recording as meeting.wav" in note and str(cfg.folders[0].output / "meeting.txt") in note
+    assert (cfg.folders[0].archive / "sub" / "meeting copy.wav").exists()
+    assert not (cfg.folders[0].output / "sub").exists()
