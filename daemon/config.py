@@ -44,6 +44,7 @@ class ModelConfig:
     cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
     fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see openai_whisper
     fake_crash_on: str | None = None  # engine "fake" (a test double) only: abort the worker on files matching this glob
+    fake_seconds_per_batch: float = 0.0  # engine "fake" only: how long each batch takes, as a real model's would
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def _model(s: _Section, base: Path) -> ModelConfig:
         cache_dir=_resolve(base, cache) if cache else None,
         fit_windows=s.boolean("fit_windows"),
         fake_crash_on=s.text("fake_crash_on"),
+        fake_seconds_per_batch=s.number("fake_seconds_per_batch"),
     )
     s.finish()
     return m

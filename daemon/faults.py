@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,26 @@ def inbox_fault(index: int, inbox: Path) -> Fault:
                                    "and go on from where they were when it is back", inbox=index, path=str(inbox))
 
 
+def volume_of(inbox: Path) -> int | None:
+    """The device an inbox lives on, to tell later whether its disk is still the one mounted there."""
+    try:
+        return os.stat(inbox).st_dev
+    except OSError:
+        return None
+
+
+def inbox_present(inbox: Path, volume: int | None) -> bool:
+    """Whether an inbox is there, on the disk it was on (``volume``, when known): an unplugged USB
+    disk or NAS leaves its folder missing, or an empty mount point on another device."""
+    try:
+        st = os.stat(inbox)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    return volume is None or st.st_dev == volume
+
+
 def _root_of(path: str | os.PathLike[str] | None, roots: Iterable[Path]) -> Path | None:
     if not path:
         return None
@@ -127,8 +148,9 @@ def folder_fault(exc: BaseException, roots: Iterable[Path]) -> Fault | None:
                  path=None if root is None else str(root))
 
 
-def writable(folder: Path) -> bool:
-    """Whether a small file can be written, flushed and removed in ``folder`` (which must exist)."""
+def writable(folder: Path, roots: Iterable[Path] = ()) -> bool | Fault:
+    """True when a small file can be written, flushed and removed in ``folder``; else the fault
+    that stops it now (a read-only disk may come back full), or False."""
     if not folder.is_dir():
         return False
     probe = folder / f".whisperd-probe-{os.getpid()}.tmp"
@@ -141,12 +163,14 @@ def writable(folder: Path) -> bool:
             os.close(fd)
         os.unlink(probe)
         return True
-    except OSError:
+    except OSError as exc:
         try:
             os.unlink(probe)
         except OSError:
             pass
-        return False
+        if exc.filename is None:
+            exc.filename = str(probe)
+        return folder_fault(exc, [*roots, folder]) or False
 
 
 @dataclass

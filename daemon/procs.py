@@ -52,8 +52,10 @@ def pid_alive(pid: int) -> bool:
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
-    def __init__(self, name: str, config: Config, log_queue: Any, *, verbose: bool = False) -> None:
+    def __init__(self, name: str, config: Config, log_queue: Any, *, verbose: bool = False,
+                 volumes: dict[str, int] | None = None) -> None:
         self.name = name
+        self.volumes = dict(volumes or {})  # inbox → the device it was on
         self.config = config
         self.log_queue = log_queue
         self.verbose = verbose
@@ -76,7 +78,8 @@ class WorkerProcess:
     def start(self) -> None:
         parent, child = _ctx.Pipe(duplex=True)
         self.proc = _ctx.Process(
-            target=child_main, name=self.name, args=(self.config, self.name, child, self.log_queue, self.verbose), daemon=False
+            target=child_main, name=self.name, args=(self.config, self.name, child, self.log_queue, self.verbose, self.volumes),
+            daemon=False
         )
         self.proc.start()
         child.close()
@@ -215,7 +218,8 @@ class _Link:
             self.send(("status", busy, list(jobs)))
 
 
-def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verbose: bool) -> None:
+def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verbose: bool,
+               volumes: dict[str, int] | None = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     stop = threading.Event()
@@ -250,6 +254,7 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
         wake=wake,
         on_outcome=lambda o: link.send(("outcome", o)),
         on_fault=lambda f: link.send(("fault", f)),
+        volumes=volumes,
     )
     worker.warm_up()  # started because work is waiting
     idle_limit = config.model.idle_unload_minutes * 60

@@ -25,7 +25,7 @@ from daemon import config as config_mod
 from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
-from daemon.faults import Fault, Faults, MachineFault, writable
+from daemon.faults import Fault, Faults, MachineFault, inbox_present, volume_of, writable
 from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
 from daemon.queue import Queue
@@ -138,6 +138,7 @@ class Service:
         # scans and content hashes: a stalled disk blocks one of these threads, never the loop
         self.reads = OffThread(on_done=self.flags.wake.set, monotonic=monotonic)
         self._hashing: dict[str, Settled] = {}
+        self._volumes: dict[str, int] = {}  # inbox → the device it was on: an unplugged disk is told from a deleted file
         self.faults = Faults(monotonic=monotonic, clock=clock)  # faults of the machine holding work back
         self._announced: set[str] = set()  # faults a banner told of, not told again until work went on
         self._exit_code = EX_OK
@@ -259,6 +260,7 @@ class Service:
                     log.error("%s", problem, extra={"action": "folder.access", "path": str(d)})
             for d in (folder.output, folder.archive, folder.failed):
                 files.sweep_temps(d)
+        self._note_volumes()
         alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
         self.queue.reap(now=self.clock(), everything=True, owners_alive=alive)
 
@@ -281,7 +283,7 @@ class Service:
     def _start_workers(self) -> None:
         """Handles only; a worker process starts when there is work it may do."""
         self.workers = [
-            WorkerProcess(f"w{i}", self.config, self._log_queue, verbose=self.verbose)
+            WorkerProcess(f"w{i}", self.config, self._log_queue, verbose=self.verbose, volumes=self._volumes)
             for i in range(self.config.schedule.max_concurrency)
         ]
 
@@ -356,6 +358,13 @@ class Service:
 
     # -- faults of the machine -----------------------------------------------
 
+    def _note_volumes(self) -> None:
+        """The device each inbox is on now (kept from before for an inbox that is missing)."""
+        for folder in self.config.folders:
+            volume = volume_of(folder.inbox)
+            if volume is not None:
+                self._volumes[str(folder.inbox)] = volume
+
     def _fault(self, fault: Fault) -> None:
         """A worker (or this loop) met a fault of the machine: hold work back, and say so once."""
         if self.faults.add(fault) and fault.key not in self._announced:
@@ -386,11 +395,15 @@ class Service:
         assert queue is not None
         if fault.key == "database":
             return lambda: queue.writable(timeout=1.0)
+        if fault.inbox is not None:
+            inbox = self.config.folders[fault.inbox].inbox
+            volume = self._volumes.get(str(inbox))
+            return lambda: inbox_present(inbox, volume)
+        roots = [d for f in self.config.folders for d in (f.output, f.archive, f.failed)]
         if fault.path is not None:
             folder = Path(fault.path)
-            return lambda: writable(folder)
-        roots = [d for f in self.config.folders for d in (f.output, f.archive, f.failed)]
-        return lambda: all(writable(d) for d in roots)
+            return lambda: writable(folder, roots)
+        return lambda: next((r for r in (writable(d, roots) for d in roots) if r is not True), True)
 
     def rescan(self) -> None:
         for i, folder in enumerate(self.config.folders):
@@ -425,6 +438,8 @@ class Service:
             if kind == "check":
                 if result is True:
                     self._resume(what)
+                elif isinstance(result, Fault) and result.key == what:
+                    self.faults.add(result)  # still held, perhaps for another reason now (read-only, then full)
                 continue
             settled = self._hashing.pop(what, None)
             if settled is None:
@@ -564,6 +579,13 @@ class Service:
             return True
         if len(self.settler) or self.reads.pending() or any(w.busy for w in self.workers):
             return False
+        held = self.faults.held_inboxes()
+        if held:
+            others = [i for i in range(len(self.config.folders)) if i not in held]
+            if self.queue.claimable(self.clock(), others) == 0 and self.queue.counts()[State.RUNNING.value] == 0:
+                log.warning("stopping with work left: %s", self._status.get("reason"), extra={"action": "service.drain_blocked"})
+                self._exit_code = EX_TEMPFAIL
+                return True
         if self.queue.pending() == 0:
             return True
         # Work is left that may not start until a window opens: say why and stop (cron-style use).
@@ -596,6 +618,7 @@ class Service:
         self.governor.config = new
         self.faults.clear_all()  # a new configuration may have fixed what held work back: everything is tried again
         self._announced.clear()
+        self._note_volumes()
         self._stop_workers()  # they save their place; new ones start with the new settings
         self._start_workers()
         self.settler.settle_seconds = new.watch.settle_seconds

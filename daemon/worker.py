@@ -19,7 +19,7 @@ from daemon import audio, language, voices
 from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
-from daemon.faults import Fault, MachineFault, folder_fault, model_fault
+from daemon.faults import Fault, MachineFault, folder_fault, inbox_fault, inbox_present, model_fault
 from daemon.jobs import Job, Outcome, Permission
 from daemon.pipeline import JobRun, LeaseLost, Steps
 from daemon.queue import Queue
@@ -45,6 +45,7 @@ class Worker:
         on_outcome: Callable[[Outcome], None] = lambda o: None,
         on_fault: Callable[[Fault], None] = lambda f: None,
         clock: Callable[[], float] = time.time,
+        volumes: dict[str, int] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -59,6 +60,8 @@ class Worker:
         self.clock = clock
         # a fault of the machine met: nothing is claimed until the daemon says it is gone (``resume``)
         self.held: Fault | None = None
+        self.held_inboxes: set[int] = set()  # inboxes whose disk is gone: nothing claimed from them until ``resume``
+        self.volumes = dict(volumes or {})  # inbox → the device it was on
         self._unreleased: list[Job] = []  # jobs to hand back once the database takes writes again
         self.engine: Engine | None = None
         self._loading: Future[Engine] | None = None
@@ -161,20 +164,27 @@ class Worker:
 
     def resume(self) -> None:
         """The daemon found the fault gone: take work again (loading the model first, if it failed)."""
-        if self.held is None:
+        if self.held is None and not self.held_inboxes:
             return
         log.info("resuming work", extra={"action": "worker.resume"})
         self.held = None
+        self.held_inboxes.clear()
         self.warm_up()
 
     def _hold(self, fault: Fault, job: Job | None = None) -> None:
-        first = self.held is None
-        self.held = fault
-        if job is not None:
+        """Hand back the jobs ``fault`` stops (an inbox's fault: that inbox's alone) and claim no more of them."""
+        if fault.inbox is not None:
+            first = fault.inbox not in self.held_inboxes
+            self.held_inboxes.add(fault.inbox)
+        else:
+            first = self.held is None
+            self.held = fault
+        if job is not None and all(j.id != job.id for j in self._unreleased):
             self._unreleased.append(job)
         for run in list(self.runs):
-            self._forget(run)
-            self._unreleased.append(run.job)
+            if fault.inbox is None or run.job.folder == fault.inbox:
+                self._forget(run)
+                self._unreleased.append(run.job)
         try:
             self._release_held()
         except MachineFault:
@@ -187,7 +197,7 @@ class Worker:
             job = self._unreleased[0]
             self.queue.release(job.id, self.name)
             self._unreleased.pop(0)
-            log.info("handed back %s untouched: %s", job.rel, self.held.reason if self.held else "paused",
+            log.info("handed back %s with its place kept: %s", job.rel, self.held.reason if self.held else "its inbox is gone",
                      extra={"action": "job.release", "job": job.id})
 
     def _step(self) -> bool:
@@ -224,8 +234,14 @@ class Worker:
         """(whether a job was claimed, its run if it goes on to transcription)."""
         if not perm.claim or self.stop.is_set() or self.held is not None:
             return False, None
+        folders = perm.folders
+        if self.held_inboxes:
+            folders = tuple(i for i in (range(len(self.config.folders)) if folders is None else folders)
+                            if i not in self.held_inboxes)
+            if not folders:
+                return False, None
         job = self.queue.claim(
-            self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=perm.folders,
+            self.name, now=self.clock(), lease_seconds=self.config.jobs.lease_seconds, folders=folders,
             copies_wait=self._copies_wait,
         )
         if job is None:
@@ -409,7 +425,12 @@ class Worker:
         self._error(run.job, exc)
 
     def _error(self, job: Job, exc: BaseException) -> None:
+        """A job's error: a fault of the machine holds the work back (the job keeps its place and
+        gets no strike); anything else is the file's (``Steps.handle_error``). A file that vanished
+        or stopped reading because its inbox's disk went away is the machine's, not a deleted file."""
         fault = exc.fault if isinstance(exc, MachineFault) else folder_fault(exc, self._write_roots())
+        if fault is None and not self._inbox_present(job.folder):
+            fault = inbox_fault(job.folder, self.config.folders[job.folder].inbox)
         if fault is not None:
             self._hold(fault, job)
             raise MachineFault(fault)  # the step ends here; nothing more is claimed or opened
@@ -422,6 +443,10 @@ class Worker:
             return
         if outcome is not None:
             self.on_outcome(outcome)
+
+    def _inbox_present(self, folder: int) -> bool:
+        inbox = self.config.folders[folder].inbox
+        return inbox_present(inbox, self.volumes.get(str(inbox)))
 
     def _write_roots(self) -> list:
         return [d for f in self.config.folders for d in (f.output, f.archive, f.failed)]

@@ -23,7 +23,8 @@ def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
     hardware.short_openmp_spin()  # before the engine's first import of torch
     cache = Path(cache_dir)
     if cfg.engine == "fake":
-        return FakeEngine(cfg.name, batch_size=cfg.batch_size, crash_on=cfg.fake_crash_on)
+        return FakeEngine(cfg.name, batch_size=cfg.batch_size, crash_on=cfg.fake_crash_on,
+                          seconds_per_batch=cfg.fake_seconds_per_batch)
     if cfg.engine == "faster-whisper":
         return FasterWhisperEngine(
             cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, cache_dir=cache,

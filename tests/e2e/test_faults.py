@@ -2,6 +2,7 @@
 cannot be had, a folder that cannot be written, a locked database. None of them fails a file."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import pytest
 
 from tests import speech
-from tests.e2e.helpers import status, wait_for
+from tests.e2e.helpers import job, status, wait_for
 
 CLIP = "ls_1988-24833-0002.flac"
 
@@ -112,7 +113,7 @@ def small_disk(tree):
 
 
 @pytest.mark.timeout(180)
-def test_a_read_only_output_folder_pauses_the_work_and_it_goes_on_once_writable(tree, small_disk):
+def test_an_output_disk_read_only_then_full_pauses_the_work_and_it_goes_on_once_it_can_be_written(tree, small_disk):
     fake_engine(tree)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     shutil.copy(speech.DATA / CLIP, tree.inbox / "memo.flac")
@@ -123,32 +124,20 @@ def test_a_read_only_output_folder_pauses_the_work_and_it_goes_on_once_writable(
         [j] = status(tree)["jobs"]
         assert j["state"] == "queued" and j["attempts"] == 0, j
         assert tree.files(tree.failed) == [] and tree.files(tree.inbox) == ["memo.flac"]
+
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
-        wait_for(lambda: status(tree)["jobs"][0]["state"] == "done", timeout=120, proc=proc, what="the file done")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    assert (tree.outbox / "memo.txt").read_text().strip()
-    assert tree.files(tree.archive) == ["memo.flac"] and tree.files(tree.failed) == []
-
-
-@pytest.mark.timeout(180)
-def test_a_full_disk_pauses_the_work_keeps_the_original_and_it_goes_on_once_there_is_room(tree, small_disk):
-    fake_engine(tree)
-    filler = small_disk / "filler.bin"
-    with open(filler, "wb") as f:
-        try:
-            f.write(b"\0" * 1024 * 1024)
-        except OSError:
-            pass
-    shutil.copy(speech.DATA / CLIP, tree.inbox / "memo.flac")
-    proc = tree.popen("run")
-    try:
+        filler = small_disk / "filler.bin"  # writable now, but full
+        with open(filler, "wb") as f:
+            try:
+                f.write(b"\0" * 1024 * 1024)
+            except OSError:
+                pass
         wait_for(paused(tree, "is full"), timeout=120, proc=proc, what="the pause for the full disk")
         [j] = status(tree)["jobs"]
         assert j["state"] == "queued" and j["attempts"] == 0, j
         assert tree.files(tree.inbox) == ["memo.flac"]  # the original stays where it was
         assert [p.name for p in small_disk.iterdir()] == ["filler.bin"]  # no half-written output
+
         filler.unlink()
         wait_for(lambda: status(tree)["jobs"][0]["state"] == "done", timeout=120, proc=proc, what="the file done")
     finally:
@@ -183,3 +172,40 @@ def test_a_database_locked_by_another_program_pauses_the_work_and_it_goes_on_whe
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert (tree.outbox / "memo.txt").read_text().strip() and tree.files(tree.failed) == []
+
+
+@pytest.mark.timeout(300)
+def test_an_inbox_disk_unplugged_mid_job_holds_the_job_with_its_place_and_it_goes_on_when_back(tree):
+    """The inbox is a disk of its own (a tmpfs) mounted there: unmounted while a long file is read,
+    then mounted again. The job waits with its checkpoint and no strike, and is not failed as deleted."""
+    fake_engine(tree)  # one window a batch, a second each: time to unplug the disk between two
+    tree.config.write_text(tree.config.read_text().replace("batch_size: 8", "batch_size: 1\n  fake_seconds_per_batch: 1"))
+    disk = tree.root / "usb"
+    disk.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)]).returncode == 0, "needs root"
+    try:
+        audio, _ = speech.concat(speech.clips(), gap=0.7)  # 2.3 minutes: five windows
+        speech.write(disk / "lecture.flac", audio)
+        subprocess.run(["mount", "--bind", str(disk), str(tree.inbox)], check=True)
+        proc = tree.popen("run")
+        try:
+            wait_for(lambda: 0 < ((job(tree, "lecture.flac") or {}).get("progress") or 0) < 0.6, timeout=180, every=0.05,
+                     proc=proc, what="the long file under way")
+            subprocess.run(["umount", "-l", str(tree.inbox)], check=True)  # unplugged
+            daemon = wait_for(paused(tree, "is not there"), timeout=60, proc=proc, what="the pause for the inbox")
+            assert str(tree.inbox) in daemon["reason"]
+            j = job(tree, "lecture.flac")
+            assert j["state"] == "queued" and 0 < j["progress"] < 1, j
+            assert tree.files(tree.failed) == [] and tree.files(tree.archive) == []
+            subprocess.run(["mount", "--bind", str(disk), str(tree.inbox)], check=True)  # plugged in again
+            wait_for(lambda: (job(tree, "lecture.flac") or {}).get("state") == "done", timeout=180, proc=proc,
+                     what="the file done once its disk is back")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert re.search(r"resuming at [1-9]\d* s", out), out[-3000:]
+        assert tree.files(tree.failed) == [] and tree.files(tree.archive) == ["lecture.flac"]
+        assert (tree.outbox / "lecture.txt").read_text().strip()
+    finally:
+        subprocess.run(["umount", "-l", str(tree.inbox)], capture_output=True)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
