@@ -55,6 +55,7 @@ class FolderConfig:
     failed: Path
     formats: tuple[str, ...] = FORMATS
     language: str | tuple[str, ...] = "auto"  # auto, one language code, or a tuple of codes to choose among
+    mixed_languages: bool = False  # detect each chunk's language on its own, not the file's once
     task: str = "transcribe"
     immediate: bool = False
     duplicates: str = "skip"
@@ -350,6 +351,7 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         failed=sibling("failed"),
         formats=s.get("formats", formats, "a list drawn from " + ", ".join(FORMATS)),
         language=s.get("language", language, "auto, a language code such as en, de, zh, or a list of codes to choose among such as [zh, en]"),
+        mixed_languages=s.boolean("mixed_languages"),
         task=s.choice("task", TASKS),
         immediate=s.boolean("immediate"),
         duplicates=s.choice("duplicates", DUPLICATES),

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# Below these, the model's choice is not trusted. Measured with base on espeak-ng speech in
-# seven languages and LibriSpeech English: a wrong choice came with a probability under 0.5;
-# right ones on a second or more of speech were above it (bench/results/language-detection.md).
+# Below these, the model's choice is not trusted: under a second of speech is a guess, and a
+# likeliest language under even odds is no decision. Detection from the first chunk is as right as
+# stock transcribe()'s from the first 30 s (base on espeak-ng speech in seven languages and
+# LibriSpeech English: bench/results/2026-12-07-1500-epyc-base.md).
 MIN_SPEECH_SECONDS = 1.0
 MIN_PROBABILITY = 0.5
 

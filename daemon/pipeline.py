@@ -91,6 +91,7 @@ class JobRun:
         # with ``ahead``, the next chunks are decoded and cut while the model works on these
         self._chunks: Iterator[audio.Chunk] = Prefetch(chunks, ahead) if ahead > 0 else chunks
         self._peeked: audio.Chunk | None = None
+        self._chunk_languages: dict[int, str] = {}  # mixed_languages: chunk index -> its language
         self.exhausted = False
         self.in_flight = 0
         self.annotated = False  # the queue knows its length and model
@@ -122,11 +123,15 @@ class JobRun:
 
     @property
     def language(self) -> str | None:
-        """The language every chunk of this file is transcribed in: the folder's, or the one
-        decided for this file (kept in its checkpoint); None until it is decided."""
+        """The language this file's chunks are transcribed in: the folder's, or the one decided
+        for this file (kept in its checkpoint); with ``mixed_languages``, the one decided for the
+        next chunk. None until it is decided."""
         fixed = self.setting.fixed
         if fixed is not None:
             return fixed
+        if self.folder.mixed_languages:
+            chunk = self._peeked
+            return None if chunk is None else self._chunk_languages.get(chunk.index)
         cp = self.checkpoint
         if cp.language_detection is not None:
             return cp.language_detection.language
@@ -134,11 +139,21 @@ class JobRun:
 
     @property
     def needs_language(self) -> bool:
-        """Whether the language is still to be detected, from the first chunk (``peek``)."""
-        return self.language is None
+        """Whether a language is still to be detected: the file's, from its first chunk, or with
+        ``mixed_languages`` the next chunk's (``peek``)."""
+        return self.language is None and self.peek() is not None
 
     def decide_language(self, decision: Decision) -> None:
-        """Keep ``decision`` as this file's language, in the checkpoint saved with the next batch."""
+        """Keep ``decision`` as the language of this file (in the checkpoint saved with the next
+        batch), or with ``mixed_languages`` of the next chunk (the file's first one goes in the
+        checkpoint, as the transcript's language)."""
+        if self.folder.mixed_languages:
+            chunk = self.peek()
+            assert chunk is not None
+            self._chunk_languages[chunk.index] = decision.language
+            if self.checkpoint.language_detection is not None:
+                return
+            decision = Decision(decision.language, "per chunk", decision.probability, decision.reason)
         self.checkpoint = dataclasses.replace(self.checkpoint, language=decision.language, language_detection=decision)
 
     @property

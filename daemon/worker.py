@@ -207,11 +207,11 @@ class Worker:
             return False
         if not self._model_ready():
             return True
-        batch = self._fill(perm)
+        batch, key = self._fill(perm)
         if batch:
             # the next batch's files are probed, decoded and cut while this one is transcribed
             self._open_ahead(perm, self.config.model.batch_size)
-            self._transcribe(batch)
+            self._transcribe(batch, key)
         self._complete_finished()
         return bool(self.runs or batch)
 
@@ -279,10 +279,11 @@ class Worker:
         self.runs.append(run)
         return run
 
-    def _fill(self, perm: Permission) -> list[tuple[JobRun, list[audio.Chunk]]]:
+    def _fill(self, perm: Permission) -> tuple[list[tuple[JobRun, list[audio.Chunk]]], tuple[str | None, str]]:
         """Take chunks worth up to batch_size full windows, from the open runs first, then
         from newly claimed jobs. A short chunk may count for less than a window
-        (``Engine.share``), so a batch holds more voice memos than long-file chunks."""
+        (``Engine.share``), so a batch holds more voice memos than long-file chunks. Every chunk
+        of a batch is in one language, for one task: the batch's key, returned with it."""
         size = self.config.model.batch_size
         self._open_ahead(perm, size)
         batch: list[tuple[JobRun, list[audio.Chunk]]] = []
@@ -307,11 +308,16 @@ class Worker:
             except Exception as exc:
                 self._drop(run, exc)
                 continue
-            if key is not None and run.batch_key != key:
+            run_key = run.batch_key
+            if key is not None and run_key != key:
                 continue
             chunks: list[audio.Chunk] = []
             try:
                 while (chunk := run.peek()) is not None:
+                    if run.needs_language:  # mixed languages: each chunk is detected on its own
+                        self._decide_language(run)
+                        if run.batch_key != run_key:
+                            break  # this chunk waits for a batch in its language
                     share = self._engine().share(len(chunk.audio) / audio.SAMPLE_RATE, run.language)
                     if used + share > size + 1e-9:
                         full = True  # the chunk waits for the next batch
@@ -325,9 +331,9 @@ class Worker:
                 self._drop(run, exc)
                 continue
             if chunks:
-                key = run.batch_key
+                key = run_key
                 batch.append((run, chunks))
-        return batch
+        return batch, key or (None, "transcribe")
 
     def _decide_language(self, run: JobRun) -> None:
         """Detect the file's language once, from its first chunk of speech, and keep it in the
@@ -378,9 +384,9 @@ class Worker:
         shortest = self.engine.share(0.0, None if key is None else key[0])
         return max(MAX_RUNS, math.ceil(size / shortest))
 
-    def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]]) -> None:
+    def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]], key: tuple[str | None, str]) -> None:
         chunks: list[audio.Chunk] = [c for _, cs in batch for c in cs]
-        language, task = batch[0][0].batch_key
+        language, task = key
         log.info(
             "batch of %d chunks from %d files (%.0f s of audio)", len(chunks), len(batch),
             sum(c.end - c.start for c in chunks), extra={"action": "batch"},

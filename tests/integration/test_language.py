@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from daemon import config as config_mod
@@ -48,13 +49,13 @@ class _Counting:
 
 
 def _setup(root: Path, cache: Path, folders: dict[str, str], dropped: dict[str, tuple[str, Path]]):
-    """A config with one folder per entry of ``folders`` (name → language), a queue holding
+    """A config with one folder per entry of ``folders`` (name → its settings, as YAML), a queue holding
     ``dropped`` (file name → (folder name, source)), and a worker on the real base model."""
     entries = []
-    for name, language in folders.items():
+    for name, settings in folders.items():
         for d in ("inbox", "outbox", "archive", "failed"):
             (root / name / d).mkdir(parents=True)
-        entries.append(f"{{inbox: {root}/{name}/inbox, language: {language}}}")
+        entries.append(f"{{inbox: {root}/{name}/inbox, {settings}}}")
     (root / "state").mkdir()
     cfg_path = root / "config.yaml"
     cfg_path.write_text(
@@ -96,7 +97,7 @@ def _json(root: Path, folder: str, stem: str) -> dict:
 
 def test_each_file_language_is_detected_once_among_the_folder_languages(tmp_path, model_cache, base_checkpoint, voices):
     queue, worker, engines = _setup(
-        tmp_path, model_cache, {"any": "auto", "choose": "[de, fr]"},
+        tmp_path, model_cache, {"any": "language: auto", "choose": "language: [de, fr]"},
         {
             "german.wav": ("any", voices["german"]),
             "english.flac": ("any", speech.DATA / ENGLISH_CLIP),
@@ -129,7 +130,7 @@ def test_each_file_language_is_detected_once_among_the_folder_languages(tmp_path
 def test_a_resumed_job_keeps_the_language_of_its_checkpoint(tmp_path, model_cache, base_checkpoint, voices):
     """The checkpoint says Dutch (as if detected before a restart): the German memo goes on in
     Dutch, with no detection of its own."""
-    queue, worker, engines = _setup(tmp_path, model_cache, {"any": "auto"}, {"german.wav": ("any", voices["german"])})
+    queue, worker, engines = _setup(tmp_path, model_cache, {"any": "language: auto"}, {"german.wav": ("any", voices["german"])})
     try:
         job = queue.claim("earlier", now=time.time(), lease_seconds=60)
         kept = Decision("nl", "detected", 0.93)
@@ -143,3 +144,25 @@ def test_a_resumed_job_keeps_the_language_of_its_checkpoint(tmp_path, model_cach
     assert engines[0].detections == 0
     result = _json(tmp_path, "any", "german")
     assert result["language"] == "nl" and result["language_detection"] == {"language": "nl", "how": "detected", "probability": 0.93}
+
+
+def test_mixed_languages_detects_each_chunk_on_its_own(tmp_path, model_cache, base_checkpoint, voices):
+    """German, a pause, then English: with mixed_languages each passage is transcribed in its own
+    language (detected once per file, the English passage came out as "Guten Morgen, alle! ...")."""
+    d = tmp_path / "speech"
+    d.mkdir()
+    german = speech.read(voices["german"])
+    english = speech.read(speech.espeak(d / "english.wav", speech.ENGLISH, "en-us"))
+    pause = np.zeros(6 * speech.SR, dtype=np.float32)  # longer than a pause inside a chunk: a chunk each
+    mixed = speech.write(d / "mixed.wav", np.concatenate([german, pause, english]))
+    queue, worker, engines = _setup(tmp_path / "tree", model_cache, {"mixed": "language: auto, mixed_languages: true"},
+                                    {"mixed.wav": ("mixed", mixed)})
+    try:
+        _drain(worker, queue)
+    finally:
+        queue.close()
+    result = _json(tmp_path / "tree", "mixed", "mixed")
+    assert engines[0].detections >= 2
+    assert result["language"] == "de" and result["language_detection"]["how"] == "per chunk"
+    text = result["text"].lower()
+    assert "guten morgen" in text and "good morning" in text and "quarter" in text, text
