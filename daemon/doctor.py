@@ -107,7 +107,9 @@ def planned_device(model: ModelConfig, torch: Any) -> tuple[str, str, bool, bool
         from daemon.engines.hardware import cpu_has_bf16, pick_precision
 
         native = model.engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
-        precision = pick_precision(device, precision, bf16=lambda: native)
+        # openai-whisper's English-only models are named *.en; the rest are multilingual
+        multilingual = not model.name.endswith(".en")
+        precision = pick_precision(device, precision, bf16=lambda: native, multilingual=multilingual)
     return device, precision, cuda, mps
 
 

@@ -119,8 +119,8 @@ class OpenAIWhisperEngine:
         self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and short_spin else None
         self._last_threads = self.threads
         device = pick_device(device)
-        precision = pick_precision(device, precision)
         model = load_checkpoint(checkpoint, cache_dir=cache_dir)
+        precision = pick_precision(device, precision, multilingual=model.is_multilingual)
         if precision == "bf16":
             if device == "cpu" and cpu_has_bf16():
                 model = _to_bf16(model)

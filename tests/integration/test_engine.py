@@ -527,6 +527,8 @@ def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk
 def test_pick_precision():
     assert pick_precision("cpu", "auto", bf16=lambda: False) == "fp32"
     assert pick_precision("cpu", "auto", bf16=lambda: True) == "bf16"  # the encoder in bfloat16 where the CPU has it
+    assert pick_precision("cpu", "auto", bf16=lambda: True, multilingual=True) == "fp32"  # base: measured, fp32 kept
+    assert pick_precision("cpu", "bf16", bf16=lambda: True, multilingual=True) == "bf16"  # asked for: given
     assert pick_precision("cpu", "fp32", bf16=lambda: True) == "fp32"
     assert pick_precision("cuda", "auto", bf16=lambda: True) == "fp16"
     assert pick_precision("cpu", "bf16") == "bf16"
