@@ -23,8 +23,9 @@ from daemon.errors import WhisperdError
 
 log = logging.getLogger("whisperd.faults")
 
-FIRST_CHECK_SECONDS = 2.0  # a fault is first looked at again this soon,
-LAST_CHECK_SECONDS = 60.0  # then ever less often, down to this
+FIRST_CHECK_SECONDS = 1.0  # a fault is first looked at again this soon (a look is a 4 KB write, a stat),
+CHECK_GROWTH = 1.5  # then ever less often,
+LAST_CHECK_SECONDS = 30.0  # down to this
 MODEL_RETRY_SECONDS = 600.0  # a model that failed to load is tried again this often (and at every reload)
 
 # errors of a disk, not of a file: the volume is full, read-only, unplugged or not answering
@@ -222,7 +223,7 @@ class Faults:
         if held is None:
             return
         if key != "model":
-            held.interval = min(LAST_CHECK_SECONDS, held.interval * 2)
+            held.interval = min(LAST_CHECK_SECONDS, held.interval * CHECK_GROWTH)
         held.next_check = self.monotonic() + held.interval
 
     def __bool__(self) -> bool:

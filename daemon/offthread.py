@@ -61,9 +61,10 @@ class OffThread:
         with self._lock:
             return key in self._calls
 
-    def submit(self, key: Hashable, fn: Callable[[], Any], what: str = "") -> bool:
+    def submit(self, key: Hashable, fn: Callable[[], Any], what: str = "", *, notify: bool = True) -> bool:
         """Start ``fn`` unless a call under ``key`` is still running or ``limit`` calls are.
-        Returns whether it started."""
+        Returns whether it started. ``notify``: call ``on_done`` when it ends (a call that runs
+        at every tick wakes the loop itself when it has news, or the loop would never rest)."""
         with self._lock:
             if key in self._calls or len(self._calls) >= self.limit:
                 return False
@@ -76,7 +77,8 @@ class OffThread:
             except BaseException as exc:  # handed to the loop, which decides
                 call.error = exc
             call.done = True
-            self.on_done()
+            if notify:
+                self.on_done()
 
         threading.Thread(target=run, name=f"whisperd-read-{call.what[:32]}", daemon=True).start()
         return True

@@ -341,9 +341,12 @@ class Service:
                     self._rescan_due = False
                     self._last_rescan = self.monotonic()
                     self.rescan()
-                self._drain_events()
-                for settled in self.settler.poll():
-                    self._read(settled)
+                with self._events_lock:
+                    events = bool(self._events)
+                if events or len(self.settler):
+                    # events' paths and settling files are looked at off this thread: a stalled disk
+                    # holds that look up, never the loop (``_collect_reads`` takes what it found)
+                    self.reads.submit(("look", 0), self._intake, what="the inboxes", notify=False)
                 self._poll_workers()
                 self._decide()
                 self._heartbeat()
@@ -435,6 +438,12 @@ class Service:
                 for found in result:
                     self.settler.add(found)
                 continue
+            if kind == "look":
+                if error is not None:
+                    log.error("could not look at the inboxes: %s", error, extra={"action": "watch.failed"})
+                for settled in result or ():
+                    self._read(settled)
+                continue
             if kind == "check":
                 if result is True:
                     self._resume(what)
@@ -453,6 +462,14 @@ class Service:
                 log.error("could not read %s: %s", settled.found.rel, error, extra={"action": "watch.unreadable"})
             else:
                 self._enqueue(settled, result)
+
+    def _intake(self) -> list[Settled]:
+        """New events' paths to the settle check, and the files that have settled (off the loop's thread)."""
+        self._drain_events()
+        settled = self.settler.poll()
+        if settled:
+            self.flags.wake.set()
+        return settled
 
     def _drain_events(self) -> None:
         with self._events_lock:

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from daemon.engines.fake import FakeEngine
-from daemon.faults import FIRST_CHECK_SECONDS, LAST_CHECK_SECONDS, Fault, Faults, folder_fault
+from daemon.faults import CHECK_GROWTH, FIRST_CHECK_SECONDS, LAST_CHECK_SECONDS, Fault, Faults, folder_fault
 from daemon.jobs import State
 from daemon.queue import Queue
 from tests.fakes import drain, enqueue, fake_worker, make_config, tone
@@ -35,13 +35,13 @@ def test_a_fault_is_looked_at_again_ever_less_often_and_a_new_cause_replaces_the
     assert faults.add(ro) and not faults.add(ro)
     assert faults.due() == [] and faults.reason() == ro.reason
     waits = []
-    for _ in range(8):
+    for _ in range(12):
         t[0] += LAST_CHECK_SECONDS
         assert faults.due() == [ro]
         before = t[0]
         faults.still(ro.key)
         waits.append(faults.held[ro.key].next_check - before)
-    assert waits[0] == 2 * FIRST_CHECK_SECONDS and waits[-1] == LAST_CHECK_SECONDS
+    assert waits[0] == CHECK_GROWTH * FIRST_CHECK_SECONDS and waits[-1] == LAST_CHECK_SECONDS
     faults.add(Fault("folder:/out", "paused: the disk holding /out is full", path="/out"))
     assert "is full" in faults.reason()
     gone = Fault("inbox:1", "paused: the inbox /usb is not there", inbox=1)
