@@ -62,6 +62,9 @@ class FolderConfig:
     chinese: str = "as-is"  # the script of Chinese transcripts (OpenCC): as-is, simplified, traditional
     max_line_width: int | None = None  # subtitle characters a line; None: outputs' default for the language
     max_line_count: int = 2  # subtitle lines a cue
+    highlight_words: bool = False  # subtitles underline each word as it is spoken (needs words)
+    prompt: str | None = None  # names and terms to expect, given to the decoder as Whisper's prompt
+    words: bool = False  # word timings in the JSON (whisper's alignment)
     # speaker labels (``speakers: true``, or the number of speakers when it is known): 0 off,
     # -1 on with the number found by clustering, n > 0 on with n speakers
     speakers: int = 0
@@ -358,9 +361,17 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         chinese=s.choice("chinese", CHINESE),
         max_line_width=s.get("max_line_width", _line_width, "auto, or a whole number of characters of at least 1"),
         max_line_count=s.number("max_line_count", minimum=1, integer=True),
+        highlight_words=s.boolean("highlight_words"),
+        prompt=s.text("prompt"),
+        words=s.boolean("words"),
         speakers=s.get("speakers", _speakers, "true, false, or the number of speakers (a whole number from 1 to 20)"),
     )
     s.finish()
+    if f.highlight_words and not f.words:
+        raise ConfigError(
+            f"config key 'folders.{index}.highlight_words' is true but 'folders.{index}.words' is not; "
+            "allowed: highlight_words: true together with words: true (highlighting needs each word's timing)"
+        )
     for name in ("output", "archive", "failed"):
         target = getattr(f, name)
         if within(target, f.inbox):

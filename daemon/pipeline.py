@@ -40,6 +40,7 @@ def style_of(folder: FolderConfig) -> outputs.Style:
     """How ``folder`` wants its outputs written."""
     return outputs.Style(
         chinese=folder.chinese, max_line_width=folder.max_line_width, max_line_count=folder.max_line_count,
+        highlight_words=folder.highlight_words,
     )
 
 
@@ -157,8 +158,9 @@ class JobRun:
         self.checkpoint = dataclasses.replace(self.checkpoint, language=decision.language, language_detection=decision)
 
     @property
-    def batch_key(self) -> tuple[str | None, str]:
-        return (self.language, self.folder.task)
+    def batch_key(self) -> tuple[str | None, str, str | None, bool]:
+        """What the chunks of one batch share: language, task, prompt and whether words are timed."""
+        return (self.language, self.folder.task, self.folder.prompt, self.folder.words)
 
     def peek(self) -> audio.Chunk | None:
         """The next chunk, left to be taken; None at the end of the file."""

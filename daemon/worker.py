@@ -279,11 +279,12 @@ class Worker:
         self.runs.append(run)
         return run
 
-    def _fill(self, perm: Permission) -> tuple[list[tuple[JobRun, list[audio.Chunk]]], tuple[str | None, str]]:
+    def _fill(self, perm: Permission) -> tuple[list[tuple[JobRun, list[audio.Chunk]]], tuple[str | None, str, str | None, bool]]:
         """Take chunks worth up to batch_size full windows, from the open runs first, then
         from newly claimed jobs. A short chunk may count for less than a window
         (``Engine.share``), so a batch holds more voice memos than long-file chunks. Every chunk
-        of a batch is in one language, for one task: the batch's key, returned with it."""
+        of a batch is in one language, for one task, with one prompt and words timed or not: the
+        batch's key, returned with it."""
         size = self.config.model.batch_size
         self._open_ahead(perm, size)
         batch: list[tuple[JobRun, list[audio.Chunk]]] = []
@@ -333,7 +334,7 @@ class Worker:
             if chunks:
                 key = run_key
                 batch.append((run, chunks))
-        return batch, key or (None, "transcribe")
+        return batch, key or (None, "transcribe", None, False)
 
     def _decide_language(self, run: JobRun) -> None:
         """Detect the file's language once, from its first chunk of speech, and keep it in the
@@ -376,7 +377,7 @@ class Worker:
                 audio_s += run.duration or audio.MAX_CHUNK_SECONDS
                 opened += 1
 
-    def _open_limit(self, size: int, key: tuple[str | None, str] | None) -> int:
+    def _open_limit(self, size: int, key: tuple[str | None, str, str | None, bool] | None) -> int:
         """How many jobs may be open at once: a batch's worth of the shortest chunks. The
         shares come from the model, so without one (its load failed) this is MAX_RUNS."""
         if self.engine is None:
@@ -384,15 +385,17 @@ class Worker:
         shortest = self.engine.share(0.0, None if key is None else key[0])
         return max(MAX_RUNS, math.ceil(size / shortest))
 
-    def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]], key: tuple[str | None, str]) -> None:
+    def _transcribe(self, batch: list[tuple[JobRun, list[audio.Chunk]]], key: tuple[str | None, str, str | None, bool]) -> None:
         chunks: list[audio.Chunk] = [c for _, cs in batch for c in cs]
-        language, task = key
+        language, task, prompt, words = key
         log.info(
             "batch of %d chunks from %d files (%.0f s of audio)", len(chunks), len(batch),
             sum(c.end - c.start for c in chunks), extra={"action": "batch"},
         )
         try:
-            results = self._engine().transcribe(chunks, language=language, task=task)
+            # asked only of the folders that set them, so an engine without them serves the others
+            extra = {k: v for k, v in (("prompt", prompt), ("words", words)) if v}
+            results = self._engine().transcribe(chunks, language=language, task=task, **extra)
         except Exception as exc:
             err = exc if isinstance(exc, ModelError) else ModelError(f"The speech model failed on this file ({type(exc).__name__}: {exc}).")
             for run, _ in batch:

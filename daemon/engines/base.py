@@ -38,10 +38,14 @@ class ChunkResult:
 class Engine(Protocol):
     info: EngineInfo
 
-    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
         """Transcribe a batch of chunks (possibly from several files) in one go.
 
-        ``language`` None means detect it. Returns one result per chunk, same order.
+        ``language`` None means detect it. ``prompt``: names and terms to expect, given to the
+        decoder with every chunk. ``words``: segments carry their timed words. Returns one
+        result per chunk, same order.
         """
         ...
 

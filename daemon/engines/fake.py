@@ -72,7 +72,9 @@ class FakeEngine:
         """Whether ``chunk`` comes from a file whose name matches ``crash_on``."""
         return bool(self.crash_on) and fnmatch.fnmatchcase(PurePath(chunk.source).name, self.crash_on or "")
 
-    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
         if any(self.poisoned(c) for c in chunks):
             self._crash()
         self.batches.append([(c.key, c.index) for c in chunks])

@@ -12,7 +12,7 @@ from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines import models
 from daemon.engines.hardware import pick_device
 from daemon.errors import ModelError
-from daemon.jobs import Segment
+from daemon.jobs import Segment, Word
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class FasterWhisperEngine:
             ) from exc
         self.info = EngineInfo("faster-whisper", name, device, precision)
 
-    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
         if not self.model.model.is_multilingual:
             language = "en"
         results = []
@@ -89,6 +91,8 @@ class FasterWhisperEngine:
                 vad_filter=False,
                 without_timestamps=False,
                 condition_on_previous_text=False,
+                initial_prompt=prompt,
+                word_timestamps=words,
             )
             segments = []
             floor = chunk.start
@@ -98,7 +102,12 @@ class FasterWhisperEngine:
                     continue
                 start = min(max(chunk.start + p.start, floor), chunk.end)
                 end = min(max(chunk.start + p.end, start), chunk.end)
-                segments.append(Segment(round(start, 3), round(end, 3), text))
+                timed = tuple(
+                    Word(w.word, round(min(max(chunk.start + w.start, start), chunk.end), 3),
+                         round(min(max(chunk.start + w.end, start), chunk.end), 3), round(w.probability, 4))
+                    for w in (p.words or ())
+                )
+                segments.append(Segment(round(start, 3), round(end, 3), text, timed))
                 floor = start
             results.append(ChunkResult(chunk.index, chunk.start, chunk.end, tuple(segments), info.language))
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,6 +156,7 @@ class OpenAIWhisperEngine:
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
+        self._prompts_seen: set[str] = set()  # prompts whose length was checked (and said, if too long)
         # features that ``prepare`` computed ahead, for the next ``transcribe`` (CPU, fit windows)
         self._early: dict[tuple[int, int], tuple[np.ndarray, int, Any]] = {}
         # on a CPU in bf16, short windows of one length are encoded several at a time: alone, their
@@ -256,7 +258,8 @@ class OpenAIWhisperEngine:
             yield batch
 
     def _decode(
-        self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None
+        self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None,
+        prompt: str | None = None,
     ) -> list[Any]:
         """One decoding pass. ``frames``: each item's own number of audio features, when the
         items are padded to the longest (fit windows)."""
@@ -267,11 +270,11 @@ class OpenAIWhisperEngine:
         fp16 = self.info.precision == "fp16"
         if temperature > 0:
             options = whisper.DecodingOptions(
-                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16
+                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16, prompt=prompt
             )
         else:
             options = whisper.DecodingOptions(
-                task=task, language=language, temperature=0.0, fp16=fp16
+                task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt
             )
         from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
 
@@ -289,7 +292,9 @@ class OpenAIWhisperEngine:
             self.model, features, options, frames, bf16_vocabulary=self.bf16_vocabulary, bf16_attention=self.bf16_attention
         )
 
-    def _decode_with_fallback(self, features: Any, language: str | None, task: str, frames: list[int]) -> list[Any]:
+    def _decode_with_fallback(
+        self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None
+    ) -> list[Any]:
         """Greedy (or beam) first; only the items whose text looks wrong are decoded
         again, at rising temperatures, as whisper.transcribe does. ``frames``: each item's
         own number of audio features (the rest is padding)."""
@@ -297,7 +302,7 @@ class OpenAIWhisperEngine:
         todo = list(range(features.shape[0]))
         for temperature in TEMPERATURES:
             rows = features if len(todo) == features.shape[0] else features[todo]  # no copy of a whole batch
-            decoded = self._decode(rows, temperature, language, task, [frames[i] for i in todo])
+            decoded = self._decode(rows, temperature, language, task, [frames[i] for i in todo], prompt)
             retry = []
             for i, r in zip(todo, decoded):
                 results[i] = r
@@ -433,21 +438,48 @@ class OpenAIWhisperEngine:
             self._early[_window_key(audio)] = (audio, frames, features)
         return dict(zip(tokenizer.all_language_codes, probs))
 
-    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
         """Each chunk is one window (30 s, or fitted to a short chunk), batched. Where the model stops with speech left
         (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
-        decoded again, batched with the other chunks' rests."""
+        decoded again, batched with the other chunks' rests.
+
+        ``prompt``: text given to the decoder before every window (Whisper's ``<|startofprev|>``
+        context; batched windows have no previous text of their own). A segment that only
+        repeats the prompt is dropped (Whisper echoes its prompt over noise). ``words``: each
+        segment's words timed by whisper's alignment, from the batch's encoder output."""
         try:
-            return self._transcribe(chunks, language=language, task=task)
+            return self._transcribe(chunks, language=language, task=task, prompt=self._fit_prompt(prompt), words=words)
         finally:
             self._early.clear()  # what was prepared and not used (a window cut shorter, say) goes
             self._waiting.clear()
 
-    def _transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def _fit_prompt(self, prompt: str | None) -> str | None:
+        """``prompt`` as the decoder takes it; past its budget (half the text context, less one:
+        223 tokens) whisper keeps the end, and that is said once per prompt."""
+        if not prompt or not prompt.strip():
+            return None
+        if prompt not in self._prompts_seen:
+            self._prompts_seen.add(prompt)
+            budget = self.model.dims.n_text_ctx // 2 - 1
+            tokens = self._tokenizer(None, "transcribe").encode(" " + prompt.strip())
+            if len(tokens) > budget:
+                kept = self._tokenizer(None, "transcribe").decode(tokens[-budget:])
+                log.warning(
+                    "the prompt is %d tokens, more than the %d the model reads; only its end is used: %r",
+                    len(tokens), budget, kept, extra={"action": "transcribe"},
+                )
+        return prompt
+
+    def _transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
         if not chunks:
             return []
         if not self.model.is_multilingual:
             language = "en"
+        echo = _Echo(prompt)
         found: list[list[Segment]] = [[] for _ in chunks]
         languages: list[str | None] = [None] * len(chunks)
         windows = [(slot, 0) for slot in range(len(chunks))]  # (which chunk, samples into it)
@@ -455,15 +487,32 @@ class OpenAIWhisperEngine:
             final = turn == MAX_WINDOWS_PER_CHUNK - 1
             rest: list[tuple[int, int]] = []
             for batch in self._batches(windows, chunks, language):
-                results = self._decode_audio([chunks[slot].audio[offset:] for slot, offset in batch], language, task)
-                for (slot, offset), r in zip(batch, results):
+                audios = [chunks[slot].audio[offset:] for slot, offset in batch]
+                results, features = self._decode_audio(audios, language, task, prompt, keep_features=words)
+                if prompt:
+                    # A prompt sometimes leads the model to write a long window as one run of text
+                    # with no timestamp after the first, and to stop mid-window: with no timestamp
+                    # to go on from, the rest of its speech would be lost. Those windows are
+                    # decoded again without the prompt.
+                    begin = self._tokenizer(language, task).timestamp_begin
+                    lost = [i for i, r in enumerate(results) if _untimed(r, len(audios[i]), begin)]
+                    if lost:
+                        again, _ = self._decode_audio([audios[i] for i in lost], language, task, None)
+                        for i, r in zip(lost, again):
+                            results[i] = r
+                for i, ((slot, offset), r) in enumerate(zip(batch, results)):
                     chunk = chunks[slot]
                     languages[slot] = languages[slot] or r.language
                     if _is_silence(r):
                         continue
                     start = chunk.start + offset / SAMPLE_RATE
                     tokenizer = self._tokenizer(r.language, task)
-                    segments, resume = parse_window(r.tokens, tokenizer, start, chunk.end, final=final)
+                    pieces, resume = window_pieces(r.tokens, tokenizer, start, chunk.end, final=final)
+                    pieces = [(s, t) for s, t in pieces if not echo(s.text)]
+                    if words:
+                        segments = self._align(tokenizer, pieces, features[i], audios[i], start, chunk.end)
+                    else:
+                        segments = [s for s, _ in pieces]
                     found[slot].extend(segments)
                     if resume is not None:
                         rest.append((slot, offset + round(resume * SAMPLE_RATE)))
@@ -474,8 +523,27 @@ class OpenAIWhisperEngine:
             ChunkResult(c.index, c.start, c.end, tuple(found[slot]), languages[slot]) for slot, c in enumerate(chunks)
         ]
 
-    def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str) -> list[Any]:
-        """Results for ``windows``, in their order. They are decoded shortest first: the CPU
+    def _align(
+        self, tokenizer: Any, pieces: list[tuple[Segment, list[int]]], features: Any, audio: np.ndarray, start: float, end: float
+    ) -> list[Segment]:
+        """The window's segments with their words timed (see ``words``), with the threads the
+        batch's decoding had."""
+        import torch
+        from whisper.audio import HOP_LENGTH, N_FRAMES
+
+        from daemon.engines import words  # whisper.timing brings numba: only for the folders that ask
+
+        audio_frames = min(N_FRAMES, -(-len(audio) // HOP_LENGTH))
+        n = self.free_cores() if self.free_cores is not None else self.threads
+        with torch.inference_mode(), _torch_threads(n if self.info.device == "cpu" else torch.get_num_threads()):
+            return words.align(self.model, tokenizer, pieces, features, audio_frames, start, end)
+
+    def _decode_audio(
+        self, windows: Sequence[np.ndarray], language: str | None, task: str, prompt: str | None = None,
+        *, keep_features: bool = False,
+    ) -> tuple[list[Any], list[Any]]:
+        """Results for ``windows``, in their order, and with ``keep_features`` each window's
+        audio features (its own frames only), for the word alignment. They are decoded shortest first: the CPU
         step groups rows of like lengths (``shrinking.length_groups``), and rows that come
         sorted are not copied into a sorted batch (features and all) on the way."""
         import torch
@@ -485,24 +553,29 @@ class OpenAIWhisperEngine:
         windows, frames = [windows[i] for i in order], [frames[i] for i in order]
         with torch.inference_mode():
             try:
-                decoded = self._run(windows, frames, language, task)
+                decoded, features = self._run(windows, frames, language, task, prompt)
             except (RuntimeError, NotImplementedError) as exc:
                 if self.info.device != "mps":
                     raise
                 self._fall_back_to_cpu(exc)
-                decoded = self._run(windows, frames, language, task)
+                decoded, features = self._run(windows, frames, language, task, prompt)
         results: list[Any] = [None] * len(order)
-        for i, r in zip(order, decoded):
+        kept: list[Any] = [None] * len(order)
+        for j, (i, r) in enumerate(zip(order, decoded)):
             results[i] = r
-        return results
+            if keep_features:
+                kept[i] = features[j, : frames[j] // 2]
+        return results, kept
 
-    def _run(self, windows: Sequence[np.ndarray], frames: list[int], language: str | None, task: str) -> list[Any]:
-        """The mel spectrograms are let go once encoded, before the decoding's caches
+    def _run(
+        self, windows: Sequence[np.ndarray], frames: list[int], language: str | None, task: str, prompt: str | None = None
+    ) -> tuple[list[Any], Any]:
+        """The decoded windows, and their audio features. The mel spectrograms are let go once encoded, before the decoding's caches
         (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
             features = self._features(windows, frames)
-            return self._decode_with_fallback(features, language, task, feature_frames)
+            return self._decode_with_fallback(features, language, task, feature_frames, prompt), features
         # as many threads as other programs leave cores free (model.threads: 0), else as configured
         n = self.free_cores() if self.free_cores is not None else self.threads
         if n != self._last_threads:
@@ -512,7 +585,7 @@ class OpenAIWhisperEngine:
         with _torch_threads(n):
             features = self._features(windows, frames)
         with _torch_threads(min(n, self.decode_threads)):
-            return self._decode_with_fallback(features, language, task, feature_frames)
+            return self._decode_with_fallback(features, language, task, feature_frames, prompt), features
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
@@ -574,6 +647,37 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+_WORD = re.compile(r"\w+")
+
+
+class _Echo:
+    """Whether a segment only repeats the prompt: Whisper, given a prompt, sometimes writes it
+    out over noise or a word or two of speech. Such a segment is a run of at least three of the
+    prompt's words in its order (all of them, for a shorter prompt), and nothing else, case and
+    punctuation aside. A one-word prompt is never taken for an echo: that word alone may well
+    have been said."""
+
+    def __init__(self, prompt: str | None) -> None:
+        self.words = _WORD.findall(prompt.lower()) if isinstance(prompt, str) else []
+        self.least = min(3, len(self.words))
+
+    def __call__(self, text: str) -> bool:
+        said = _WORD.findall(text.lower())
+        if len(self.words) < 2 or len(said) < self.least:
+            return False
+        n = len(said)
+        return any(self.words[i : i + n] == said for i in range(len(self.words) - n + 1))
+
+
+def _untimed(r: Any, samples: int, begin: int) -> bool:
+    """A window of speech worth going on from (MIN_SKIPPED_SECONDS and more) decoded as text
+    with no timestamp after the opening one: where its text ends in the audio is not known.
+    ``begin``: the vocabulary's first timestamp token."""
+    if samples < MIN_SKIPPED_SECONDS * SAMPLE_RATE or _is_silence(r) or not r.tokens:
+        return False
+    return sum(1 for t in r.tokens if t >= begin) <= 1
+
+
 def _needs_fallback(r: Any) -> bool:
     if r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD:
         return False  # silence: a retry would only invent words
@@ -589,6 +693,14 @@ def _is_silence(r: Any) -> bool:
 def parse_window(
     tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
 ) -> tuple[list[Segment], float | None]:
+    """``window_pieces`` without the tokens."""
+    pieces, resume = window_pieces(tokens, tokenizer, start, end, final=final)
+    return [s for s, _ in pieces], resume
+
+
+def window_pieces(
+    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
+) -> tuple[list[tuple[Segment, list[int]]], float | None]:
     """Timestamped segments from one decoded window, as whisper.transcribe reads them,
     and where to resume: seconds after ``start``, or None when the window is done.
 
@@ -634,7 +746,7 @@ def parse_window(
     elif current:
         pieces.append((seg_start if seg_start is not None else last_time, None, current))
 
-    segments: list[Segment] = []
+    segments: list[tuple[Segment, list[int]]] = []
     floor = start
     for s, e, text_tokens in pieces:
         text = tokenizer.decode(text_tokens).strip()
@@ -642,6 +754,6 @@ def parse_window(
             continue  # nothing but punctuation
         a = min(max(start + s, floor), end)
         b = end if e is None else min(max(start + e, a), end)
-        segments.append(Segment(round(a, 3), round(b, 3), text))
+        segments.append((Segment(round(a, 3), round(b, 3), text), text_tokens))
         floor = a
     return segments, resume

@@ -188,7 +188,7 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_vocabulary,
         alone = [
             shrinking.decode(fit.model, features[i : i + 1, :n], options, **bf16)[0] for i, n in enumerate(own)
         ]
-        engine_order = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
+        engine_order, _ = fit._decode_audio(windows, "en", "transcribe")  # decoded shortest first, given back in order
     assert len({len(r.tokens) for r in alone}) >= 3  # rows end at different steps
     assert [r.tokens for r in over_noise] == [r.tokens for r in together]
     assert [(r.avg_logprob, r.no_speech_prob) for r in over_noise] == [(r.avg_logprob, r.no_speech_prob) for r in together]

@@ -122,6 +122,8 @@ def test_tilde_expands(tmp_path, monkeypatch):
         ("folders: [{inbox: in}]\nnotify: yes please", "notify", "true or false"),
         ("model: {fit_windows: sometimes}\nfolders: [{inbox: in}]", "model.fit_windows", "true or false"),
         ("folders: [{inbox: in, chinese: mandarin}]", "folders.0.chinese", "as-is, simplified, traditional"),
+        ("folders: [{inbox: in, prompt: ''}]", "folders.0.prompt", "a non-empty string"),
+        ("folders: [{inbox: in, highlight_words: true}]", "folders.0.highlight_words", "together with words: true"),
         ("folders: [{inbox: in, max_line_width: 0}]", "folders.0.max_line_width", "auto, or a whole number"),
         ("folders: [{inbox: in, max_line_count: 1.5}]", "folders.0.max_line_count", "a whole number of at least 1"),
         ("folders: [{inbox: in, language: [zh, auto2]}]", "folders.0.language", "a list of codes to choose among"),
@@ -204,12 +206,16 @@ def test_output_keys_per_folder(tmp_path):
           - inbox: a
           - inbox: b
             chinese: Traditional
+            prompt: Anna Kowalczyk, Kubernetes, OKR
+            words: true
+            highlight_words: true
             max_line_width: 30
             max_line_count: 1
           - inbox: c
             max_line_width: auto
     """))
     a, b, c = cfg.folders
-    assert (a.chinese, a.max_line_width, a.max_line_count) == ("as-is", None, 2)
-    assert (b.chinese, b.max_line_width, b.max_line_count) == ("traditional", 30, 1)
+    assert (a.chinese, a.prompt, a.words, a.max_line_width, a.max_line_count, a.highlight_words) == ("as-is", None, False, None, 2, False)
+    assert (b.chinese, b.prompt, b.words, b.max_line_width, b.max_line_count, b.highlight_words) == (
+        "traditional", "Anna Kowalczyk, Kubernetes, OKR", True, 30, 1, True)
     assert c.max_line_width is None
