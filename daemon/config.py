@@ -17,6 +17,7 @@ import yaml
 
 from daemon.errors import ConfigError
 from daemon.files import within
+from daemon.language import code_of
 
 EX_CONFIG = 78
 
@@ -339,13 +340,14 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         return tuple(dict.fromkeys(x.lower() for x in v))
 
     def language(v: Any) -> str | tuple[str, ...]:
-        one = r"[a-z]{2,3}|[A-Za-z ]+"
-        if isinstance(v, str) and re.fullmatch("auto|" + one, v):
-            return v.lower()
-        if isinstance(v, list) and v and all(isinstance(x, str) and re.fullmatch(one, x) for x in v):
-            codes = tuple(dict.fromkeys(x.lower() for x in v))
-            return codes[0] if len(codes) == 1 else codes
-        raise ValueError
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        items = v if isinstance(v, list) else [v]
+        codes = [code_of(x) if isinstance(x, str) else None for x in items]
+        if not items or any(c is None for c in codes):
+            raise ValueError
+        unique = tuple(dict.fromkeys(c for c in codes if c is not None))
+        return unique[0] if len(unique) == 1 else unique
 
     f = FolderConfig(
         inbox=inbox_p,
@@ -353,7 +355,7 @@ def _folder(data: Any, index: int, lines: dict[str, int], base: Path) -> FolderC
         archive=sibling("archive"),
         failed=sibling("failed"),
         formats=s.get("formats", formats, "a list drawn from " + ", ".join(FORMATS)),
-        language=s.get("language", language, "auto, a language code such as en, de, zh, or a list of codes to choose among such as [zh, en]"),
+        language=s.get("language", language, "auto, a language Whisper knows (a code such as en, de, zh, or its English name), or a list of them to choose among such as [zh, en]"),
         mixed_languages=s.boolean("mixed_languages"),
         task=s.choice("task", TASKS),
         immediate=s.boolean("immediate"),

@@ -11,7 +11,11 @@ transcript's JSON says so. No I/O here.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 # Below these, the model's choice is not trusted: under a second of speech is a guess, and a
@@ -20,6 +24,37 @@ from typing import Any, Mapping
 # LibriSpeech English: bench/results/2026-12-07-1500-epyc-base.md).
 MIN_SPEECH_SECONDS = 1.0
 MIN_PROBABILITY = 0.5
+
+
+@lru_cache(maxsize=1)
+def whisper_languages() -> dict[str, str]:
+    """openai-whisper's languages, code -> English name, read from its ``tokenizer.py`` without
+    importing whisper (whose package loads torch): the config is read by commands that never need
+    the model. Empty when whisper is not installed or its file reads otherwise."""
+    try:
+        spec = importlib.util.find_spec("whisper")
+        if spec is None or not spec.submodule_search_locations:
+            return {}
+        source = (Path(list(spec.submodule_search_locations)[0]) / "tokenizer.py").read_text(encoding="utf-8")
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LANGUAGES" for t in node.targets):
+                table = ast.literal_eval(node.value)
+                return {str(k): str(v) for k, v in table.items()}
+    except (ImportError, OSError, SyntaxError, ValueError):
+        pass
+    return {}
+
+
+def code_of(value: str) -> str | None:
+    """The language code for a code or an English name Whisper knows (``de``, ``German``), or None.
+    Anything passes when Whisper's table cannot be read (the model will judge)."""
+    value = value.strip().lower()
+    table = whisper_languages()
+    if not table:
+        return value
+    if value in table:
+        return value
+    return next((code for code, name in table.items() if name == value), None)
 
 
 @dataclass(frozen=True)

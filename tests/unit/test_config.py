@@ -126,8 +126,10 @@ def test_tilde_expands(tmp_path, monkeypatch):
         ("folders: [{inbox: in, highlight_words: true}]", "folders.0.highlight_words", "together with words: true"),
         ("folders: [{inbox: in, max_line_width: 0}]", "folders.0.max_line_width", "auto, or a whole number"),
         ("folders: [{inbox: in, max_line_count: 1.5}]", "folders.0.max_line_count", "a whole number of at least 1"),
-        ("folders: [{inbox: in, language: [zh, auto2]}]", "folders.0.language", "a list of codes to choose among"),
-        ("folders: [{inbox: in, language: []}]", "folders.0.language", "auto, a language code"),
+        ("folders: [{inbox: in, language: [zh, auto2]}]", "folders.0.language", "a list of them to choose among"),
+        ("folders: [{inbox: in, language: []}]", "folders.0.language", "auto, a language Whisper knows"),
+        ("folders: [{inbox: in, language: xx}]", "folders.0.language", "a code such as en, de, zh"),
+        ("folders: [{inbox: in, language: Klingon}]", "folders.0.language", "its English name"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, fragment):
@@ -138,7 +140,8 @@ def test_bad_values_name_key_value_and_what_is_allowed(tmp_path, body, key, frag
 
 
 @pytest.mark.parametrize(
-    "value, read", [("auto", "auto"), ("DE", "de"), ("[zh, en]", ("zh", "en")), ("[de]", "de"), ("[en, EN, de]", ("en", "de"))]
+    "value, read",
+    [("auto", "auto"), ("DE", "de"), ("German", "de"), ("[zh, en]", ("zh", "en")), ("[de]", "de"), ("[en, EN, english, de]", ("en", "de"))],
 )
 def test_language_is_auto_a_code_or_a_list_to_choose_among(tmp_path, value, read):
     assert load(write(tmp_path, f"folders: [{{inbox: in, language: {value}}}]")).folders[0].language == read
