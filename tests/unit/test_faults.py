@@ -144,3 +144,13 @@ def test_the_service_says_why_once_in_a_banner_and_in_its_status_and_a_reload_tr
         assert service._status["reason"] is None and service._status["faults"] == []
     finally:
         service.queue.close()
+
+
+def test_a_model_fault_says_in_plain_words_what_is_missing():
+    from daemon.errors import ModelError
+    from daemon.faults import model_fault
+
+    offline = model_fault("small", ModelError("model 'small' is not on this machine and could not be downloaded (no network)."))
+    assert offline.reason.startswith("paused: model 'small' is not on this Mac and cannot be downloaded; see `whisperd doctor`")
+    broken = model_fault("/m/x.pt", ModelError("model file '/m/x.pt' does not exist"))
+    assert "model '/m/x.pt' could not be loaded (model file '/m/x.pt' does not exist)" in broken.reason
