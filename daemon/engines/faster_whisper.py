@@ -103,8 +103,8 @@ class FasterWhisperEngine:
                 start = min(max(chunk.start + p.start, floor), chunk.end)
                 end = min(max(chunk.start + p.end, start), chunk.end)
                 timed = tuple(
-                    Word(w.word, round(min(max(chunk.start + w.start, start), chunk.end), 3),
-                         round(min(max(chunk.start + w.end, start), chunk.end), 3), round(w.probability, 4))
+                    Word(w.word, round(float(min(max(chunk.start + w.start, start), chunk.end)), 3),
+                         round(float(min(max(chunk.start + w.end, start), chunk.end)), 3), round(float(w.probability), 4))
                     for w in (p.words or ())
                 )
                 segments.append(Segment(round(start, 3), round(end, 3), text, timed))
