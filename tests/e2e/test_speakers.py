@@ -49,6 +49,4 @@ def _tree(tmp_path, model_cache):
     tree = make_tree(tmp_path, model_cache)
     cfg = tree.config.read_text().replace("    failed: failed\n", "    failed: failed\n    speakers: true\n", 1)
     tree.config.write_text(cfg)
-    # numba's compiled clustering code, shared by the session's runs (the first one compiles it)
-    tree.env["NUMBA_CACHE_DIR"] = str(model_cache.parent / "numba-speakers")
     return tree
