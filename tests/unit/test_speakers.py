@@ -160,3 +160,13 @@ def test_the_governor_counts_the_speaker_models_where_a_folder_wants_labels():
     plain = estimate_memory("tiny.en")
     labelled = estimate_memory("tiny.en", speakers=True)
     assert labelled.model_bytes > plain.model_bytes and labelled.job_bytes > plain.job_bytes
+
+
+def test_prints_left_out_of_the_clustered_sample_go_to_the_nearest_speaker():
+    from daemon.speakers import nearest_centre
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=16), rng.normal(size=16)
+    sample = np.stack([a, a + 0.01, b, b - 0.01])
+    x = np.stack([b + 0.02, a - 0.02, a, b])
+    assert nearest_centre(x, sample, [3, 3, 8, 8]) == [8, 3, 3, 8]
