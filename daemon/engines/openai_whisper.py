@@ -15,22 +15,13 @@ from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.hardware import cpu_has_amx, cpu_has_bf16, pick_device, pick_precision, short_openmp_spin
 from daemon.engines.threads import FreeCores, reading
+from daemon.engines.transcribing import (
+    MAX_WINDOWS_PER_CHUNK, MIN_SKIPPED_SECONDS, SAMPLING_SEED, batched, is_silence, window_pieces, with_fallback,
+)
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
 
-# The quality guards of whisper.transcribe, kept.
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
-# Beyond whisper.transcribe: VAD already chose speech, so a window the model is this sure holds
-# none is noise, whatever it made up for it ("you", "Thank you."). Real speech scores below 0.1.
-NO_SPEECH_ALONE = 0.9
-SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives the same text
-MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
-MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
-MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
 MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 10 frames, more than the 2.5 a frame spans
 # Fit windows (``fit_windows``): a chunk shorter than 30 s is encoded in a window cut to its
 # length plus this much, at least FIT_MIN_SECONDS; the encoder's cost falls with it (a 3 s memo
@@ -245,17 +236,7 @@ class OpenAIWhisperEngine:
 
     def _batches(self, windows: list[tuple[int, int]], chunks: Sequence[Chunk], language: str | None) -> Iterator[list[tuple[int, int]]]:
         """``windows`` (chunk, samples into it) in batches of at most ``batch_size`` full windows' worth."""
-        batch: list[tuple[int, int]] = []
-        used = 0.0
-        for slot, offset in windows:
-            share = self.share((len(chunks[slot].audio) - offset) / SAMPLE_RATE, language)
-            if batch and used + share > self.batch_size + 1e-9:
-                yield batch
-                batch, used = [], 0.0
-            batch.append((slot, offset))
-            used += share
-        if batch:
-            yield batch
+        return batched(windows, chunks, self.batch_size, lambda seconds: self.share(seconds, language))
 
     def _decode(
         self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None,
@@ -295,23 +276,15 @@ class OpenAIWhisperEngine:
     def _decode_with_fallback(
         self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None
     ) -> list[Any]:
-        """Greedy (or beam) first; only the items whose text looks wrong are decoded
-        again, at rising temperatures, as whisper.transcribe does. ``frames``: each item's
-        own number of audio features (the rest is padding)."""
-        results: list[Any] = [None] * features.shape[0]
-        todo = list(range(features.shape[0]))
-        for temperature in TEMPERATURES:
+        """Greedy first; only the items whose text looks wrong are decoded again, at rising
+        temperatures, as whisper.transcribe does (``transcribing.with_fallback``). ``frames``: each
+        item's own number of audio features (the rest is padding)."""
+
+        def decode(todo: list[int], temperature: float) -> list[Any]:
             rows = features if len(todo) == features.shape[0] else features[todo]  # no copy of a whole batch
-            decoded = self._decode(rows, temperature, language, task, [frames[i] for i in todo], prompt)
-            retry = []
-            for i, r in zip(todo, decoded):
-                results[i] = r
-                if temperature < TEMPERATURES[-1] and _needs_fallback(r):
-                    retry.append(i)
-            todo = retry
-            if not todo:
-                break
-        return results
+            return self._decode(rows, temperature, language, task, [frames[i] for i in todo], prompt)
+
+        return with_fallback(features.shape[0], decode)
 
     def _features(self, windows: Sequence[np.ndarray], frames: list[int] | None = None) -> Any:
         """Audio features for a batch of windows, computed once per batch: temperature
@@ -503,7 +476,7 @@ class OpenAIWhisperEngine:
                 for i, ((slot, offset), r) in enumerate(zip(batch, results)):
                     chunk = chunks[slot]
                     languages[slot] = languages[slot] or r.language
-                    if _is_silence(r):
+                    if is_silence(r):
                         continue
                     start = chunk.start + offset / SAMPLE_RATE
                     tokenizer = self._tokenizer(r.language, task)
@@ -673,87 +646,6 @@ def _untimed(r: Any, samples: int, begin: int) -> bool:
     """A window of speech worth going on from (MIN_SKIPPED_SECONDS and more) decoded as text
     with no timestamp after the opening one: where its text ends in the audio is not known.
     ``begin``: the vocabulary's first timestamp token."""
-    if samples < MIN_SKIPPED_SECONDS * SAMPLE_RATE or _is_silence(r) or not r.tokens:
+    if samples < MIN_SKIPPED_SECONDS * SAMPLE_RATE or is_silence(r) or not r.tokens:
         return False
     return sum(1 for t in r.tokens if t >= begin) <= 1
-
-
-def _needs_fallback(r: Any) -> bool:
-    if r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD:
-        return False  # silence: a retry would only invent words
-    return r.compression_ratio > COMPRESSION_RATIO_THRESHOLD or r.avg_logprob < LOGPROB_THRESHOLD
-
-
-def _is_silence(r: Any) -> bool:
-    if r.no_speech_prob > NO_SPEECH_ALONE:
-        return True
-    return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD
-
-
-def parse_window(
-    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
-) -> tuple[list[Segment], float | None]:
-    """``window_pieces`` without the tokens."""
-    pieces, resume = window_pieces(tokens, tokenizer, start, end, final=final)
-    return [s for s, _ in pieces], resume
-
-
-def window_pieces(
-    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
-) -> tuple[list[tuple[Segment, list[int]]], float | None]:
-    """Timestamped segments from one decoded window, as whisper.transcribe reads them,
-    and where to resume: seconds after ``start``, or None when the window is done.
-
-    Pairs of timestamp tokens delimit segments. A window ending in a pair (the model
-    opened a segment and stopped) or in text with no closing timestamp resumes at its
-    last timestamp, as does one that closed its last segment with seconds of audio
-    left, unless this is the ``final`` window: then unclosed text ends at ``end``.
-    Times are offset by ``start``, clamped to [start, end] and never run backwards.
-    """
-    import whisper
-
-    precision = whisper.audio.HOP_LENGTH * 2 / SAMPLE_RATE  # 0.02 s per timestamp step
-    begin = tokenizer.timestamp_begin
-    tokens = [t for t in tokens if t >= begin or t < tokenizer.eot]
-    pieces: list[tuple[float, float | None, list[int]]] = []  # (start, end or None, text tokens)
-    current: list[int] = []
-    seg_start: float | None = None
-    last_time = 0.0
-    for t in tokens:
-        if t >= begin:
-            time = (t - begin) * precision
-            if seg_start is None:
-                seg_start = time
-            elif current:
-                pieces.append((seg_start, time, current))
-                current, seg_start = [], None
-            else:
-                seg_start = time  # two timestamps in a row with nothing between: a new start
-            last_time = time
-        else:
-            if seg_start is None:
-                seg_start = last_time
-            current.append(t)
-
-    resume: float | None = None
-    left = end - (start + last_time)
-    stopped_at_pair = len(tokens) >= 2 and tokens[-1] >= begin and tokens[-2] >= begin
-    # A closed last segment means "no more speech" to whisper.transcribe, but a chunk ends
-    # where voice activity ends, so seconds of audio after it are speech the model skipped.
-    wants_more = left >= MIN_REST_SECONDS if (stopped_at_pair or current) else left >= MIN_SKIPPED_SECONDS
-    if wants_more and not final and last_time > 0:
-        resume = last_time  # the unclosed text, if any, is decoded again from there
-    elif current:
-        pieces.append((seg_start if seg_start is not None else last_time, None, current))
-
-    segments: list[tuple[Segment, list[int]]] = []
-    floor = start
-    for s, e, text_tokens in pieces:
-        text = tokenizer.decode(text_tokens).strip()
-        if not any(ch.isalnum() for ch in text):
-            continue  # nothing but punctuation
-        a = min(max(start + s, floor), end)
-        b = end if e is None else min(max(start + e, a), end)
-        segments.append((Segment(round(a, 3), round(b, 3), text), text_tokens))
-        floor = a
-    return segments, resume

@@ -15,7 +15,8 @@ from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.hardware import pick_device, pick_precision
 from daemon.engines.loader import load_engine
 from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
-from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads, parse_window
+from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads
+from daemon.engines.transcribing import parse_window
 from daemon.errors import ModelError
 from tests import speech
 

@@ -1,0 +1,191 @@
+"""What every Whisper backend does above its model: a batch of chunks becomes windows, each
+decoded window becomes timestamped segments, a window whose text looks wrong is decoded
+again warmer, and a window the model left unfinished is decoded again from where it stopped.
+
+The backends (openai-whisper on torch, mlx-whisper on MLX) differ below this: how a batch
+of windows is encoded and decoded. They hand in their decoding as functions, and get back
+the same segments, with times in seconds into the whole file. (openai-whisper runs a loop of
+its own, ``transcribe_windows`` with a prompt and word timings besides; the rest it shares.) Nothing here imports
+torch, MLX or whisper; a decoded window is anything with whisper's ``DecodingResult``
+fields (``tokens``, ``language``, ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``)
+and a tokenizer anything with whisper's ``Tokenizer`` attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from daemon.audio import SAMPLE_RATE, Chunk
+from daemon.engines.base import ChunkResult
+from daemon.jobs import Segment
+
+# The quality guards of whisper.transcribe, kept.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+# Beyond whisper.transcribe: VAD already chose speech, so a window the model is this sure holds
+# none is noise, whatever it made up for it ("you", "Thank you."). Real speech scores below 0.1.
+NO_SPEECH_ALONE = 0.9
+SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives the same text
+MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
+MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
+MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
+TIME_STEP = 0.02  # seconds per timestamp token: two mel frames of 160 samples at 16 kHz
+
+Window = tuple[int, int]  # (which chunk of the batch, samples into it)
+
+
+def needs_fallback(r: Any) -> bool:
+    """Whether a decoded window's text looks wrong enough to decode it again, warmer."""
+    if r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD:
+        return False  # silence: a retry would only invent words
+    return r.compression_ratio > COMPRESSION_RATIO_THRESHOLD or r.avg_logprob < LOGPROB_THRESHOLD
+
+
+def is_silence(r: Any) -> bool:
+    if r.no_speech_prob > NO_SPEECH_ALONE:
+        return True
+    return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOGPROB_THRESHOLD
+
+
+def with_fallback(count: int, decode: Callable[[list[int], float], Sequence[Any]]) -> list[Any]:
+    """``count`` windows decoded greedily (or by beam) first; only those whose text looks wrong
+    are decoded again, at rising temperatures, as whisper.transcribe does. ``decode(rows,
+    temperature)`` decodes the windows numbered ``rows`` and returns their results in order."""
+    results: list[Any] = [None] * count
+    todo = list(range(count))
+    for temperature in TEMPERATURES:
+        retry = []
+        for i, r in zip(todo, decode(todo, temperature)):
+            results[i] = r
+            if temperature < TEMPERATURES[-1] and needs_fallback(r):
+                retry.append(i)
+        todo = retry
+        if not todo:
+            break
+    return results
+
+
+def transcribe_windows(
+    chunks: Sequence[Chunk],
+    *,
+    decode: Callable[[list[np.ndarray]], Sequence[Any]],
+    batches: Callable[[list[Window]], Iterable[list[Window]]],
+    tokenizer: Callable[[str | None], Any],
+) -> list[ChunkResult]:
+    """Each chunk is one window, batched with the others; where the model stops with speech
+    left (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
+    decoded again, batched with the other chunks' rests, at most MAX_WINDOWS_PER_CHUNK times.
+
+    ``decode(audios)`` decodes windows (each the audio from a point of its chunk to its end)
+    and returns their results in order, fallbacks included; ``batches(windows)`` splits
+    windows into what the backend decodes together; ``tokenizer(language)`` reads a window's
+    tokens."""
+    found: list[list[Segment]] = [[] for _ in chunks]
+    languages: list[str | None] = [None] * len(chunks)
+    windows: list[Window] = [(slot, 0) for slot in range(len(chunks))]
+    for turn in range(MAX_WINDOWS_PER_CHUNK):
+        final = turn == MAX_WINDOWS_PER_CHUNK - 1
+        rest: list[Window] = []
+        for batch in batches(windows):
+            results = decode([chunks[slot].audio[offset:] for slot, offset in batch])
+            for (slot, offset), r in zip(batch, results):
+                chunk = chunks[slot]
+                languages[slot] = languages[slot] or r.language
+                if is_silence(r):
+                    continue
+                start = chunk.start + offset / SAMPLE_RATE
+                segments, resume = parse_window(r.tokens, tokenizer(r.language), start, chunk.end, final=final)
+                found[slot].extend(segments)
+                if resume is not None:
+                    rest.append((slot, offset + round(resume * SAMPLE_RATE)))
+        windows = rest
+        if not windows:
+            break
+    return [ChunkResult(c.index, c.start, c.end, tuple(found[slot]), languages[slot]) for slot, c in enumerate(chunks)]
+
+
+def batched(windows: list[Window], chunks: Sequence[Chunk], limit: float, share: Callable[[float], float]) -> Iterator[list[Window]]:
+    """``windows`` in batches worth at most ``limit`` full windows, a window of ``s`` seconds
+    counting ``share(s)``."""
+    batch: list[Window] = []
+    used = 0.0
+    for slot, offset in windows:
+        part = share((len(chunks[slot].audio) - offset) / SAMPLE_RATE)
+        if batch and used + part > limit + 1e-9:
+            yield batch
+            batch, used = [], 0.0
+        batch.append((slot, offset))
+        used += part
+    if batch:
+        yield batch
+
+
+def parse_window(
+    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
+) -> tuple[list[Segment], float | None]:
+    """``window_pieces`` without the tokens."""
+    pieces, resume = window_pieces(tokens, tokenizer, start, end, final=final)
+    return [s for s, _ in pieces], resume
+
+
+def window_pieces(
+    tokens: Sequence[int], tokenizer: Any, start: float, end: float, *, final: bool = False
+) -> tuple[list[tuple[Segment, list[int]]], float | None]:
+    """Timestamped segments from one decoded window, as whisper.transcribe reads them, each
+    with its text tokens, and where to resume: seconds after ``start``, or None when the window
+    is done.
+
+    Pairs of timestamp tokens delimit segments. A window ending in a pair (the model
+    opened a segment and stopped) or in text with no closing timestamp resumes at its
+    last timestamp, as does one that closed its last segment with seconds of audio
+    left, unless this is the ``final`` window: then unclosed text ends at ``end``.
+    Times are offset by ``start``, clamped to [start, end] and never run backwards.
+    """
+    begin = tokenizer.timestamp_begin
+    tokens = [t for t in tokens if t >= begin or t < tokenizer.eot]
+    pieces: list[tuple[float, float | None, list[int]]] = []  # (start, end or None, text tokens)
+    current: list[int] = []
+    seg_start: float | None = None
+    last_time = 0.0
+    for t in tokens:
+        if t >= begin:
+            time = (t - begin) * TIME_STEP
+            if seg_start is None:
+                seg_start = time
+            elif current:
+                pieces.append((seg_start, time, current))
+                current, seg_start = [], None
+            else:
+                seg_start = time  # two timestamps in a row with nothing between: a new start
+            last_time = time
+        else:
+            if seg_start is None:
+                seg_start = last_time
+            current.append(t)
+
+    resume: float | None = None
+    left = end - (start + last_time)
+    stopped_at_pair = len(tokens) >= 2 and tokens[-1] >= begin and tokens[-2] >= begin
+    # A closed last segment means "no more speech" to whisper.transcribe, but a chunk ends
+    # where voice activity ends, so seconds of audio after it are speech the model skipped.
+    wants_more = left >= MIN_REST_SECONDS if (stopped_at_pair or current) else left >= MIN_SKIPPED_SECONDS
+    if wants_more and not final and last_time > 0:
+        resume = last_time  # the unclosed text, if any, is decoded again from there
+    elif current:
+        pieces.append((seg_start if seg_start is not None else last_time, None, current))
+
+    segments: list[tuple[Segment, list[int]]] = []
+    floor = start
+    for s, e, text_tokens in pieces:
+        text = tokenizer.decode(text_tokens).strip()
+        if not any(ch.isalnum() for ch in text):
+            continue  # nothing but punctuation
+        a = min(max(start + s, floor), end)
+        b = end if e is None else min(max(start + e, a), end)
+        segments.append((Segment(round(a, 3), round(b, 3), text), text_tokens))
+        floor = a
+    return segments, resume
