@@ -16,13 +16,13 @@ from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.hardware import cpu_has_amx, cpu_has_bf16, pick_device, pick_precision, short_openmp_spin
 from daemon.engines.threads import FreeCores, reading
 from daemon.engines.transcribing import (
-    MAX_WINDOWS_PER_CHUNK, MIN_SKIPPED_SECONDS, SAMPLING_SEED, batched, is_silence, window_pieces, with_fallback,
+    MAX_WINDOWS_PER_CHUNK, MEL_PAD_SAMPLES, MIN_SKIPPED_SECONDS, SAMPLING_SEED, batched, is_silence, window_pieces,
+    with_fallback,
 )
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
 
-MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 10 frames, more than the 2.5 a frame spans
 # Fit windows (``fit_windows``): a chunk shorter than 30 s is encoded in a window cut to its
 # length plus this much, at least FIT_MIN_SECONDS; the encoder's cost falls with it (a 3 s memo
 # no longer pays for 30 s). Closer fits make the model loop ("the 2 stray kittens ..." over and

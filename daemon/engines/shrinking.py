@@ -43,9 +43,7 @@ import torch.nn.functional as F
 from whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingResult, DecodingTask, Inference
 
 from daemon.engines import gemm
-
-
-LEAVE_SHARE = 4  # ended rows leave once they are a quarter of the batch
+from daemon.engines.transcribing import LEAVE_SHARE, compact
 
 
 class CpuInference(Inference):
@@ -235,15 +233,6 @@ def length_groups(frames: list[int]) -> list[int]:
         sizes.append(j - cut[j])
         j = cut[j]
     return sizes[::-1]
-
-
-def compact(ended: list[bool]) -> list[int]:
-    """The rows to keep, as an order: the rows still decoding at the front stay where they
-    are, and the last ones still decoding move into the places of the ended rows before them.
-    So ``[F, T, F, F, T, F]`` gives ``[0, 5, 2, 3]``: one row moves instead of four."""
-    n = ended.count(False)
-    movers = iter(q for q in range(n, len(ended)) if not ended[q])
-    return [next(movers) if ended[p] else p for p in range(n)]
 
 
 class BatchTimestampRules(ApplyTimestampRules):

@@ -33,6 +33,8 @@ SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives
 MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
 MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
 MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
+MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 10 frames, more than the 2.5 a frame spans
+LEAVE_SHARE = 4  # rows whose text ended leave a decoding batch once they are a quarter of it
 TIME_STEP = 0.02  # seconds per timestamp token: two mel frames of 160 samples at 16 kHz
 
 Window = tuple[int, int]  # (which chunk of the batch, samples into it)
@@ -122,6 +124,15 @@ def batched(windows: list[Window], chunks: Sequence[Chunk], limit: float, share:
         used += part
     if batch:
         yield batch
+
+
+def compact(ended: list[bool]) -> list[int]:
+    """The rows of a decoding batch to keep, as an order: the rows still decoding at the front
+    stay where they are, and the last ones still decoding move into the places of the ended
+    rows before them. So ``[F, T, F, F, T, F]`` gives ``[0, 5, 2, 3]``: one row moves instead of four."""
+    n = ended.count(False)
+    movers = iter(q for q in range(n, len(ended)) if not ended[q])
+    return [next(movers) if ended[p] else p for p in range(n)]
 
 
 def parse_window(
