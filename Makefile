@@ -14,6 +14,14 @@ else
 TORCH_SPEC ?= torch
 endif
 
+# The mlx extra: on Apple silicon the engine model.engine auto picks; on Linux x86-64 MLX's CPU backend, so that
+# the suite tests the MLX engine (measured: 5 s and about 170 MB installed, 143 MB of it scipy, which mlx-whisper needs).
+ifneq ($(filter $(UNAME),Darwin-arm64 Linux-x86_64),)
+EXTRAS ?= test,bench,speakers,mlx
+else
+EXTRAS ?= test,bench,speakers
+endif
+
 .PHONY: install run drain test test-slow bench bench-base clean
 
 install: $(STAMP)
@@ -22,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,speakers]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 run: $(STAMP)

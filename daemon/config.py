@@ -25,7 +25,9 @@ FORMATS = ("txt", "srt", "vtt", "json")
 DEVICES = ("auto", "cpu", "mps", "cuda")
 PRECISIONS = ("auto", "fp16", "fp32", "bf16", "int8")
 TASKS = ("transcribe", "translate")
-ENGINES = ("openai-whisper", "faster-whisper", "fake")  # fake: a test double (daemon/engines/fake.py)
+# auto: mlx on Apple silicon where mlx-whisper is installed, else openai-whisper (engines.loader.pick_engine);
+# fake: a test double (daemon/engines/fake.py)
+ENGINES = ("auto", "openai-whisper", "mlx", "faster-whisper", "fake")
 CHINESE = ("as-is", "simplified", "traditional")
 DUPLICATES = ("skip", "transcribe")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -41,7 +43,7 @@ class ModelConfig:
     batch_size: int = 16
     threads: int = 0  # 0: choose from the number of cores
     idle_unload_minutes: float = 10.0
-    engine: str = "openai-whisper"
+    engine: str = "auto"
     cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
     fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see openai_whisper
     fake_crash_on: str | None = None  # engine "fake" (a test double) only: abort the worker on files matching this glob

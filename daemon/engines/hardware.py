@@ -9,8 +9,10 @@ so do the entry points that may import torch earlier).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
+import platform
 import sys
 from typing import Any, Callable
 
@@ -116,3 +118,13 @@ def pick_precision(
     if device in GPU_DEVICES and requested in ("int8", "bf16"):
         return "fp16"
     return requested
+
+
+def apple_silicon() -> bool:
+    """Whether this is a Mac with an Apple chip (arm64), natively: not Python under Rosetta."""
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def mlx_installed() -> bool:
+    """Whether mlx-whisper and MLX are installed (``pip install '.[mlx]'``), without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_whisper"))

@@ -6,7 +6,10 @@ the engine class and hands it its settings.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from daemon.config import ModelConfig
 from daemon.engines import hardware
@@ -15,6 +18,48 @@ from daemon.engines.fake import FakeEngine
 from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.models import resolve_checkpoint
 from daemon.engines.openai_whisper import OpenAIWhisperEngine
+from daemon.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str  # a name of config.ENGINES other than auto
+    why: str  # in plain words, for doctor and the log
+
+
+def pick_engine(
+    requested: str,
+    *,
+    apple: Callable[[], bool] = hardware.apple_silicon,
+    mlx: Callable[[], bool] = hardware.mlx_installed,
+) -> EngineChoice:
+    """``auto``: MLX on Apple silicon where it is installed (Apple's GPU through MLX is the fast
+    path there), openai-whisper elsewhere. Any other name is taken as it is."""
+    requested = (requested or "auto").lower()
+    if requested != "auto":
+        return EngineChoice(requested, f"model.engine is {requested}")
+    if not apple():
+        return EngineChoice("openai-whisper", "not a Mac with Apple silicon, so openai-whisper (model.engine: auto)")
+    if not mlx():
+        return EngineChoice(
+            "openai-whisper",
+            "Apple silicon, but mlx-whisper is not installed (make install, or pip install '.[mlx]'), so openai-whisper",
+        )
+    return EngineChoice("mlx", "Apple silicon with mlx-whisper installed, so MLX (model.engine: auto)")
+
+
+def _mlx_engine() -> type:
+    """The MLX engine's class: imported only when chosen, since MLX is an optional install."""
+    try:
+        from daemon.engines.mlx import MlxEngine
+    except ImportError as exc:
+        raise ModelError(
+            f"model.engine mlx needs mlx-whisper, which is not installed here ({exc}); "
+            "pip install '.[mlx]', or set model.engine: auto"
+        ) from exc
+    return MlxEngine
 
 
 def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
@@ -22,15 +67,23 @@ def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
     by ``config.model_cache_dir``). Raises ModelError with a plain message when the model cannot load."""
     hardware.short_openmp_spin()  # before the engine's first import of torch
     cache = Path(cache_dir)
-    if cfg.engine == "fake":
+    choice = pick_engine(cfg.engine)
+    if cfg.engine == "auto":
+        log.info("engine %s: %s", choice.engine, choice.why, extra={"action": "model_load"})
+    if choice.engine == "fake":
         return FakeEngine(cfg.name, batch_size=cfg.batch_size, crash_on=cfg.fake_crash_on,
                           seconds_per_batch=cfg.fake_seconds_per_batch)
-    if cfg.engine == "faster-whisper":
+    if choice.engine == "faster-whisper":
         return FasterWhisperEngine(
             cfg.name, device=cfg.device, precision=cfg.precision, threads=cfg.threads, cache_dir=cache,
         )
+    checkpoint = resolve_checkpoint(cfg.name, cache)
+    if choice.engine == "mlx":
+        return _mlx_engine()(
+            checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size, name=cfg.name, cache_dir=cache
+        )
     return OpenAIWhisperEngine(
-        resolve_checkpoint(cfg.name, cache),
+        checkpoint,
         device=cfg.device,
         precision=cfg.precision,
         threads=cfg.threads,
