@@ -95,10 +95,11 @@ def _available(probe: Callable[[], Any]) -> bool:
         return False
 
 
-def planned_device(model: ModelConfig, torch: Any) -> tuple[str, str, bool, bool]:
+def planned_device(model: ModelConfig, torch: Any, engine: str | None = None) -> tuple[str, str, bool, bool]:
     """(device, precision, cuda available, mps available) that the engine would use."""
     cuda = _available(lambda: torch.cuda.is_available())
     mps = _available(lambda: torch.backends.mps.is_available())
+    engine = engine or _engine(model).engine
     device = model.device
     if device == "auto":
         device = "cuda" if cuda else "mps" if mps else "cpu"
@@ -106,31 +107,66 @@ def planned_device(model: ModelConfig, torch: Any) -> tuple[str, str, bool, bool
     if precision == "auto":
         from daemon.engines.hardware import cpu_has_bf16, pick_precision
 
-        native = model.engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
+        native = engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
         # openai-whisper's English-only models are named *.en; the rest are multilingual
         multilingual = not model.name.endswith(".en")
         precision = pick_precision(device, precision, bf16=lambda: native, multilingual=multilingual)
     return device, precision, cuda, mps
 
 
-def check_device(model: ModelConfig, torch: Any) -> Check:
+def _engine(model: ModelConfig) -> Any:
+    from daemon.engines.loader import pick_engine
+
+    return pick_engine(model.engine)
+
+
+def check_engine(model: ModelConfig, choice: Any = None, installed: Callable[[], bool] | None = None) -> Check:
+    """Which engine will run, and why (``model.engine: auto`` decides by the machine)."""
+    from daemon.engines.loader import mlx_installed
+
+    choice = choice or _engine(model)
+    detail = f"{choice.engine}: {choice.why}"
+    if choice.engine == "mlx" and not (installed or mlx_installed)():
+        return _fail("engine", detail, "mlx-whisper is not installed: pip install '.[mlx]' (make install does on a Mac), or set model.engine: auto")
+    return _ok("engine", detail)
+
+
+def _mlx_device(model: ModelConfig) -> tuple[str, str]:
+    """(device, precision) the MLX engine would use: Apple's GPU through Metal where MLX has it."""
+    try:
+        from daemon.engines import mlx as mlx_engine
+    except ImportError:
+        return "cpu", "fp32"
+    device = mlx_engine.pick_device(model.device)
+    return device, mlx_engine.pick_precision(device, model.precision)
+
+
+def check_device(model: ModelConfig, torch: Any, choice: Any = None) -> Check:
     name = "device"
+    choice = choice or _engine(model)
+    if choice.engine == "mlx":
+        device, precision = _mlx_device(model)
+        where = "Apple's GPU through MLX (Metal)" if device == "mps" else "MLX's CPU backend"
+        detail = f"{device}, {precision} ({where})"
+        if device == "cpu" and model.device in ("mps", "auto") and sys.platform == "darwin":
+            return _warn(name, detail, "MLX cannot reach the GPU here; it runs on the CPU, slowly")
+        return _ok(name, detail)
     if torch is None:
         return _fail(name, "unknown: PyTorch is missing", "install PyTorch first")
-    device, precision, cuda, mps = planned_device(model, torch)
+    device, precision, cuda, mps = planned_device(model, torch, choice.engine)
     detail = f"{device}, {precision} (CUDA available: {'yes' if cuda else 'no'}; MPS available: {'yes' if mps else 'no'})"
     if device == "mps" and not mps:
         return _fail(name, detail, "model.device is mps but this PyTorch cannot use Apple's GPU; set model.device: auto")
     if device == "cuda" and not cuda:
         return _fail(name, detail, "model.device is cuda but no CUDA GPU is usable; set model.device: auto")
-    if model.engine == "faster-whisper" and device == "mps":
+    if choice.engine == "faster-whisper" and device == "mps":
         return _warn(name, detail, "faster-whisper cannot use MPS and will run on the CPU; use engine openai-whisper for the GPU")
     if device == "cpu" and precision == "fp16":
         return _warn(name, detail, "fp16 is not supported on the CPU and falls back to fp32; set model.precision: auto")
     if precision == "bf16":
         from daemon.engines.hardware import cpu_has_bf16
 
-        if device != "cpu" or model.engine != "openai-whisper":
+        if device != "cpu" or choice.engine != "openai-whisper":
             return _warn(name, detail, "bf16 applies to openai-whisper on the CPU only; set model.precision: auto")
         if not _available(lambda: cpu_has_bf16(torch)):
             return _warn(name, detail, "this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so bf16 runs as fp32; set model.precision: auto")
@@ -401,7 +437,9 @@ def run_checks(
     torch_check, torch = check_torch(import_module)
     checks.append(torch_check)
     if cfg is not None:
-        checks.append(check_device(cfg.model, torch))
+        choice = _engine(cfg.model)
+        checks.append(check_engine(cfg.model, choice))
+        checks.append(check_device(cfg.model, torch, choice))
         checks.append(check_model(cfg.model, cfg.model_cache_dir))
     checks.append(check_audio_decoding(sample))
     if cfg is not None:
