@@ -122,7 +122,7 @@ def _engine(model: ModelConfig) -> Any:
 
 def check_engine(model: ModelConfig, choice: Any = None, installed: Callable[[], bool] | None = None) -> Check:
     """Which engine will run, and why (``model.engine: auto`` decides by the machine)."""
-    from daemon.engines.loader import mlx_installed
+    from daemon.engines.hardware import mlx_installed
 
     choice = choice or _engine(model)
     detail = f"{choice.engine}: {choice.why}"

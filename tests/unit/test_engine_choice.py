@@ -1,4 +1,4 @@
-"""Which engine runs, decided in one place (engines.loader.pick_engine), with the machine faked."""
+"""Choosing the engine (engines.loader.pick_engine), with the machine faked."""
 
 from __future__ import annotations
 
