@@ -22,6 +22,7 @@ class EngineInfo:
     model: str  # the model name or checkpoint path the user configured
     device: str  # "cpu", "cuda", "mps"
     precision: str  # "fp32", "fp16", "int8"
+    note: str | None = None  # why it runs where it runs, when that is not where it was meant to (for status)
 
 
 @dataclass(frozen=True)

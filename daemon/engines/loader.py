@@ -7,7 +7,7 @@ the engine class and hands it its settings.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,7 @@ from daemon.config import ModelConfig
 from daemon.engines import hardware
 from daemon.engines.base import Engine
 from daemon.engines.fake import FakeEngine
+from daemon.engines import known_answer
 from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.models import resolve_checkpoint
 from daemon.engines.openai_whisper import OpenAIWhisperEngine
@@ -79,16 +80,37 @@ def load_engine(cfg: ModelConfig, cache_dir: Path) -> Engine:
         )
     checkpoint = resolve_checkpoint(cfg.name, cache)
     if choice.engine == "mlx":
-        return _mlx_engine()(
-            checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size, name=cfg.name, cache_dir=cache
-        )
-    return OpenAIWhisperEngine(
-        checkpoint,
-        device=cfg.device,
-        precision=cfg.precision,
-        threads=cfg.threads,
-        batch_size=cfg.batch_size,
-        name=cfg.name,
-        cache_dir=cache,
-        fit_windows=cfg.fit_windows,
-    )
+        mlx = _mlx_engine()
+
+        def build(device: str) -> Engine:
+            return mlx(checkpoint, device=device, precision=cfg.precision, batch_size=cfg.batch_size, name=cfg.name, cache_dir=cache)
+    else:
+
+        def build(device: str) -> Engine:
+            return OpenAIWhisperEngine(
+                checkpoint,
+                device=device,
+                precision=cfg.precision,
+                threads=cfg.threads,
+                batch_size=cfg.batch_size,
+                name=cfg.name,
+                cache_dir=cache,
+                fit_windows=cfg.fit_windows,
+            )
+
+    return checked(build(cfg.device), lambda: build("cpu"))
+
+
+def checked(engine: Engine, on_cpu: Callable[[], Engine], check: Callable[[Engine], str | None] = known_answer.check) -> Engine:
+    """``engine``, if it runs on the CPU or gives a known clip's words back on its GPU; else the
+    same model on the CPU (``on_cpu``), whose info says why (``EngineInfo.note``, shown by status)."""
+    if engine.info.device == "cpu":
+        return engine
+    why = check(engine)
+    if why is None:
+        return engine
+    log.warning("%s; using the CPU instead", why, extra={"action": "model_load"})
+    engine.close()
+    cpu = on_cpu()
+    cpu.info = replace(cpu.info, note=f"{why}, so it runs on the CPU")
+    return cpu
