@@ -18,6 +18,7 @@ import importlib
 import sys
 import threading
 import types
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -56,8 +57,38 @@ def real_timing() -> types.ModuleType:
         return module
 
 
+def add_word_timestamps(*, model: Any, mel: Any, timing: Any = None, **kwargs: Any) -> Any:
+    """whisper's ``add_word_timestamps``, computed on the CPU when the model is on Apple's GPU:
+    the alignment takes float64, which MPS lacks (openai/whisper PRs #2704 and #2825 are still
+    open), and reads the alignment heads as a sparse mask, which MPS cannot hold. The CPU copy
+    of the model is made once per model. ``timing``: whisper.timing, or a stand-in for tests."""
+    if getattr(model.device, "type", "cpu") == "mps":
+        model, mel = cpu_copy(model), mel.to("cpu").float()
+    return (timing or real_timing()).add_word_timestamps(model=model, mel=mel, **kwargs)
+
+
+_cpu_copies: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def cpu_copy(model: Any) -> Any:
+    """An fp32 copy of a Whisper model on the CPU, with its alignment heads as whisper keeps them
+    (a sparse mask); made once per model, and let go with it."""
+    copy = _cpu_copies.get(model)
+    if copy is None:
+        from whisper.model import Whisper
+
+        with no_weight_init():
+            copy = Whisper(model.dims)
+        copy.load_state_dict({k: v.to("cpu").float() for k, v in model.state_dict().items()})
+        copy.register_buffer("alignment_heads", model.alignment_heads.to("cpu").to_dense().to_sparse(), persistent=False)
+        _cpu_copies[model] = copy = copy.float().eval()
+    return copy
+
+
 def _add_word_timestamps(*args: Any, **kwargs: Any) -> Any:
-    return real_timing().add_word_timestamps(*args, **kwargs)
+    if args:  # positional: not how whisper.transcribe calls it
+        return real_timing().add_word_timestamps(*args, **kwargs)
+    return add_word_timestamps(**kwargs)
 
 
 class _Timing(types.ModuleType):
