@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map
-from mlx_whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
+from mlx_whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, mel_filters
 from mlx_whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingTask
 from mlx_whisper.load_models import load_model
 from mlx_whisper.tokenizer import get_tokenizer
@@ -99,6 +99,7 @@ class MlxEngine:
             self.model = load_model(str(folder), dtype=self.dtype)
         except Exception as exc:
             raise ModelError(f"the MLX copy of the model at {str(folder)!r} could not be loaded ({exc}); delete the folder to convert it again") from exc
+        _settle(self.model)
         self.info = EngineInfo(NAME, name or str(checkpoint), device, precision)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
 
@@ -186,6 +187,16 @@ class MlxEngine:
             mx.random.seed(SAMPLING_SEED)
             out.append(SampledTask(self.model, options).run(features[i : i + 1])[0])
         return out
+
+
+def _settle(model: Any) -> None:
+    """Evaluate every array the model holds, its computed ones included (the encoder's positional
+    embedding, the decoder's mask), not only its weights. MLX's streams belong to a thread, and an
+    array still to be computed refers to the stream of the thread that made it: the worker loads
+    the model in a thread of its own and transcribes on another, which would then fail ("There is
+    no Stream(cpu, 0) in current thread")."""
+    arrays = [v for m in model.modules() for v in [*m.values(), *vars(m).values()] if isinstance(v, mx.array)]
+    mx.eval(model.parameters(), *arrays, mel_filters(model.dims.n_mels))  # the filters: loaded once, kept
 
 
 class SampledTask(DecodingTask):
