@@ -113,6 +113,13 @@ def status(config_path: Path, as_json: bool) -> None:
     if daemon.get("reason"):
         state_line += f" — {daemon['reason']}"
     console.print(f"whisperd: {state_line}")
+    engine = daemon.get("engine") if daemon.get("running") else None
+    if engine:
+        gpu = engine.get("gpu_memory_bytes")
+        held = f", {gpu / 2**30:.1f} GB on the GPU" if gpu is not None else ""
+        console.print(f"engine: {engine['name']} on {engine['device']} ({engine['precision']}{held})", markup=False)
+        if engine.get("note"):
+            console.print(f"  {engine['note']}", markup=False)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()))
     if not rows:
         return

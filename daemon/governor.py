@@ -277,6 +277,7 @@ class Governor:
         self.estimate = estimate or estimate_memory(
             m.name, m.precision, m.batch_size, speakers=any(f.speakers for f in config.folders)
         )
+        self.engine_bytes: int | None = None  # what the loaded engines last said they hold on a GPU
         self.thermal_ttl_seconds = (
             float(getattr(thermal_probe, "fresh_seconds", 5.0)) if thermal_ttl_seconds is None else thermal_ttl_seconds
         )
@@ -316,6 +317,18 @@ class Governor:
         self._reading, self._read_at = reading, t
         return reading
 
+    def observe_engine(self, gpu_bytes: int | None) -> None:
+        """The engines' own figure for what they hold in a GPU's memory (MLX's active memory,
+        torch's MPS or CUDA allocation), which no process's RSS shows; None on the CPU. Once
+        known, the model's weights count for at least that much in the estimate."""
+        self.engine_bytes = gpu_bytes
+
+    @property
+    def model_bytes(self) -> int:
+        """The model's part of the memory estimate: the weights at their precision, or what the
+        engine says it holds on its GPU, whichever is larger."""
+        return max(self.estimate.model_bytes, self.engine_bytes or 0)
+
     def _optional(self, getter: Callable[[], object], what: str) -> object:
         try:
             return getter()
@@ -351,7 +364,7 @@ class Governor:
             seconds_since_hot=None if last_hot is None else t - last_hot,
             cooldown_seconds=cfg.thermal.cooldown_seconds,
             on_fair=cfg.thermal.on_fair,
-            model_bytes=self.estimate.model_bytes,
+            model_bytes=self.model_bytes,
             job_bytes=self.estimate.job_bytes,
             model_loaded=running > 0 if model_loaded is None else model_loaded,
             floor_bytes=int(cfg.memory.floor_gb * GIB),

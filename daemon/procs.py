@@ -67,6 +67,7 @@ class WorkerProcess:
         self.owner: str | None = None  # the lease owner the child uses: host:pid:name
         self.started_at = 0.0
         self.faults: list[Fault] = []  # reported by the child, not yet taken by the daemon
+        self.engine: dict[str, Any] | None = None  # the child's loaded engine (see engine_status)
 
     @property
     def alive(self) -> bool:
@@ -119,6 +120,8 @@ class WorkerProcess:
                     outcomes.append(msg[1])
                 elif msg[0] == "fault":
                     self.faults.append(msg[1])
+                elif msg[0] == "engine":
+                    self.engine = msg[1]
         except (EOFError, OSError):
             self._closed()
         return outcomes
@@ -142,6 +145,7 @@ class WorkerProcess:
             self.conn = None
         self.busy = False
         self.jobs = []
+        self.engine = None
 
     def stop(self, timeout: float) -> None:
         """Ask the worker to finish its chunk, save its place and exit; force it after ``timeout``."""
@@ -184,6 +188,8 @@ class _Link:
         self.resume = threading.Event()  # the daemon found the machine's fault gone
         self.lock = threading.Lock()
         self.last_status: tuple[bool, tuple[int, ...]] | None = None
+        self.last_engine: dict[str, Any] | None = None
+        self.engine_sent_at = -1e9
         threading.Thread(target=self._read, name="parent-link", daemon=True).start()
 
     def _read(self) -> None:
@@ -216,6 +222,29 @@ class _Link:
         if st != self.last_status:
             self.last_status = st
             self.send(("status", busy, list(jobs)))
+
+    def engine(self, engine: Any) -> None:
+        """Tell the parent about the loaded engine when what it says changes, at most once a second
+        (its GPU memory changes with every batch)."""
+        now = time.monotonic()
+        if engine is None or now - self.engine_sent_at < 1.0:
+            return
+        said = engine_status(engine)
+        if said != self.last_engine:
+            self.last_engine, self.engine_sent_at = said, now
+            self.send(("engine", said))
+
+
+def engine_status(engine: Any) -> dict[str, Any]:
+    """What ``status`` says of a loaded engine: which, where, why there, and what it holds in a
+    GPU's memory (which no process's RSS shows; None on the CPU)."""
+    info = engine.info
+    try:
+        gpu = engine.memory_bytes()
+    except Exception:  # a figure for status and the governor's estimate, never worth a failure
+        gpu = None
+    return {"name": info.name, "model": info.model, "device": info.device, "precision": info.precision,
+            "note": info.note, "gpu_memory_bytes": gpu}
 
 
 def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verbose: bool,
@@ -266,6 +295,7 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
                 worker.resume()
             worked = worker.step()
             link.status(worker.busy, worker.active_jobs())
+            link.engine(worker.engine)
             if worked:
                 idle_since = time.monotonic()
                 continue

@@ -649,6 +649,15 @@ class Service:
 
     # -- status for `whisperd status` -----------------------------------------
 
+    def _engine_status(self) -> dict[str, Any] | None:
+        """The loaded engine as a worker said it (which, where, why there), with the GPU memory of
+        all workers' engines together; the governor counts that memory too. None before a load."""
+        engines = [w.engine for w in self.workers if w.engine]
+        gpu = [e["gpu_memory_bytes"] for e in engines if e.get("gpu_memory_bytes") is not None]
+        total = sum(gpu) if gpu else None
+        self.governor.observe_engine(total)
+        return {**engines[0], "gpu_memory_bytes": total} if engines else None
+
     def _write_status(self, reason: str | None = None, stopping: bool = False) -> None:
         status = {
             "pid": os.getpid(),
@@ -656,6 +665,7 @@ class Service:
             "reason": reason,
             "workers": len(self.workers),
             "faults": self.faults.describe(),
+            "engine": self._engine_status(),
         }
         if status == self._status:
             return

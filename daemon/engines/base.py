@@ -65,6 +65,11 @@ class Engine(Protocol):
         window, less where the engine fits shorter windows to short chunks."""
         ...
 
+    def memory_bytes(self) -> int | None:
+        """What the engine holds in a GPU's memory now (weights, caches, batches), which no
+        process's RSS shows; None where it runs on the CPU and RSS tells."""
+        ...
+
     def close(self) -> None:
         """Release the model's memory."""
         ...

@@ -88,5 +88,8 @@ class FakeEngine:
             for c in chunks
         ]
 
+    def memory_bytes(self) -> int | None:
+        return None
+
     def close(self) -> None:
         self.closed = True

@@ -124,6 +124,9 @@ class FasterWhisperEngine:
     def share(self, seconds: float, language: str | None) -> float:
         return 1.0  # every chunk is a full window here
 
+    def memory_bytes(self) -> int | None:
+        return None  # CTranslate2 reports no figure of its own
+
     def close(self) -> None:
         model: Any = getattr(self, "model", None)
         if model is not None:

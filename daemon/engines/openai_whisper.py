@@ -567,6 +567,17 @@ class OpenAIWhisperEngine:
         self.model.register_buffer("alignment_heads", heads.to("cpu").to_sparse(), persistent=False)
         self.info = EngineInfo(self.info.name, self.info.model, "cpu", "fp32")
 
+    def memory_bytes(self) -> int | None:
+        """torch's own figure for the GPU: the memory its tensors hold there."""
+        import torch
+
+        device = self.info.device
+        if device == "mps":
+            return int(torch.mps.current_allocated_memory())
+        if device == "cuda":
+            return int(torch.cuda.memory_allocated())
+        return None
+
     def close(self) -> None:
         self.model = None
         self._tokenizers.clear()

@@ -342,3 +342,36 @@ def test_governor_from_a_parsed_config(tmp_path):
     clock.advance(4 * 86400)  # Friday 23:00
     assert gov.decide(0) == Decision(2)
     assert gov.reading.level is F
+
+
+def test_memory_an_engine_holds_on_a_gpu_counts_in_the_estimate_and_blocks_a_start_it_would_not_fit():
+    """On a GPU the model's memory is not in any RSS: the engine's own figure (MLX's active
+    memory, torch's MPS allocation) stands for the weights once it is larger than their estimate."""
+    clock = FakeClock()
+    cfg = make_config(memory=MemoryConfig(floor_gb=2.0))
+    gov = make_governor(FixedProbe(N), clock, cfg, memory_probe=lambda: 4 * GIB)
+    weights = gov.estimate.model_bytes
+    assert gov.decide(running=0, ignore_windows=True, model_loaded=False).slots >= 1
+    gov.observe_engine(None)  # on the CPU: no figure, the estimate stands
+    assert gov.model_bytes == weights
+    gov.observe_engine(weights // 2)  # less than the estimate: the estimate stands
+    assert gov.model_bytes == weights
+    gov.observe_engine(3 * GIB)
+    assert gov.inputs(running=0).model_bytes == 3 * GIB
+    decision = gov.decide(running=0, ignore_windows=True, model_loaded=False)
+    assert decision.slots == 0 and decision.blocked_by == "memory"
+
+
+def test_a_worker_tells_of_its_engine_with_the_memory_it_holds_on_a_gpu():
+    from daemon.engines.base import EngineInfo
+    from daemon.engines.fake import FakeEngine
+    from daemon.procs import engine_status
+
+    engine = FakeEngine("tiny.en")
+    assert engine_status(engine) == {"name": "fake", "model": "tiny.en", "device": "cpu", "precision": "fp32",
+                                     "note": None, "gpu_memory_bytes": None}
+    engine.info = EngineInfo("mlx-whisper", "tiny.en", "mps", "fp16", note=None)
+    engine.memory_bytes = lambda: 123 * MIB
+    assert engine_status(engine)["gpu_memory_bytes"] == 123 * MIB
+    engine.memory_bytes = lambda: 1 / 0  # a figure for status is never worth a failure
+    assert engine_status(engine)["gpu_memory_bytes"] is None
