@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch
 endif
 
 # The mlx extra: on Apple silicon the engine model.engine auto picks; on Linux x86-64 MLX's CPU backend, so that
-# the suite tests the MLX engine (measured: 5 s and about 170 MB installed, 143 MB of it scipy, which mlx-whisper needs).
+# the suite tests the MLX engine (a light install: docs/decisions.md).
 ifneq ($(filter $(UNAME),Darwin-arm64 Linux-x86_64),)
 EXTRAS ?= test,bench,speakers,mlx
 else

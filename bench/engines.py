@@ -8,7 +8,9 @@ transcripts and timings. Engines:
   ``"device": "cuda"`` in the spec, on that GPU with transcribe's default ``fp16=True``);
 - ``faster-whisper``: ``WhisperModel(..., device="cpu", compute_type="int8").transcribe``
   per file, with its defaults (beam 5) or ``beam_size`` from the spec;
-- ``faster-whisper-batched``: its ``BatchedInferencePipeline`` with ``batch_size``.
+- ``faster-whisper-batched``: its ``BatchedInferencePipeline`` with ``batch_size``;
+- ``mlx-whisper``: mlx-whisper's own ``transcribe()`` per file, with its defaults (fp16 on
+  Apple's GPU), on the same checkpoint converted once into an MLX folder beside it.
 
 Audio is decoded with PyAV into float32 mono 16 kHz (no ffmpeg binary needed)
 and that decoding counts as work, as it does for whisperd. ``load_s`` is the
@@ -94,6 +96,24 @@ def _faster_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
     return transcribe, {"beam_size": beam or "default (5)", "compute_type": compute, "language": language or "auto"}
 
 
+def _mlx_whisper(spec: dict[str, Any]) -> tuple[Any, Any]:
+    import mlx.core as mx
+    import mlx_whisper
+
+    from daemon.engines.mlx_convert import mlx_folder
+
+    metal = bool(mx.metal.is_available())
+    precision = "fp16" if metal else "fp32"  # transcribe's default is fp16; MLX's CPU backend is faster in fp32
+    checkpoint = Path(spec["checkpoint"])
+    folder = str(mlx_folder(checkpoint, checkpoint.parent, precision))
+
+    def transcribe(audio: np.ndarray) -> str:
+        return mlx_whisper.transcribe(audio, path_or_hf_repo=folder, fp16=metal, verbose=None)["text"]
+
+    return transcribe, {"device": "gpu (Metal)" if metal else "cpu", "precision": precision,
+                        "decoding": "greedy, temperature fallback (defaults)"}
+
+
 def main(spec_path: str, out_path: str) -> int:
     t0 = time.perf_counter()
     spec = json.loads(Path(spec_path).read_text())
@@ -102,6 +122,8 @@ def main(spec_path: str, out_path: str) -> int:
         transcribe, details = _openai_whisper(spec)
     elif engine in ("faster-whisper", "faster-whisper-batched"):
         transcribe, details = _faster_whisper(spec)
+    elif engine == "mlx-whisper":
+        transcribe, details = _mlx_whisper(spec)
     else:
         raise SystemExit(f"unknown engine {engine!r}")
     load_s = time.perf_counter() - t0

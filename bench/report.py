@@ -85,7 +85,7 @@ def combined_best(runs: list[dict[str, Any]], default: Any) -> dict[str, Any] | 
         best_value, best_tp = base[key], base_row["throughput"]
         for x in rows.values():
             s = x["settings"]
-            if any(s[k] != base[k] for k in base if k != key) or s[key] == base[key]:
+            if any(s.get(k) != base[k] for k in base if k != key) or s.get(key) == base[key]:
                 continue
             if x["A_wer"] > base_row["A_wer"] + WER_SLACK or x["B_wer"] > base_row["B_wer"] + WER_SLACK:
                 continue

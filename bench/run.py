@@ -48,6 +48,11 @@ BASELINES: list[tuple[str, str, dict[str, Any]]] = [
     ("faster-whisper", "int8 beam1", {"beam_size": 1}),
     ("faster-whisper-batched", "int8 beam5 bs8", {"batch_size": 8}),
 ]
+# On Apple silicon, also: stock openai-whisper on Apple's GPU (MPS) and mlx-whisper's own transcribe()
+APPLE_BASELINES: list[tuple[str, str, dict[str, Any]]] = [
+    ("openai-whisper", "stock MPS fp16 greedy", {"device": "mps"}),
+    ("mlx-whisper", "stock transcribe() Metal fp16", {}),
+]
 DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (on a CPU: bf16 where it is native, else fp32), batch 16, threads auto
 # one setting changed at a time; then the best of each combined, if that combination is new
 SWEEP = [
@@ -77,6 +82,16 @@ def sitting(model: str) -> tuple[list[tuple[str, str, dict[str, Any]]], list[wd.
         return BASELINES, [DEFAULT]
     fixed = wd.Settings(model=model, language="en")
     return BASE_BASELINES, [fixed, wd.Settings(model=model, language="auto")]
+
+
+# On Apple silicon, whisperd with each engine besides its default (MLX): openai-whisper on MPS and on the CPU
+APPLE_WHISPERD = [wd.Settings(engine="openai-whisper"), wd.Settings(engine="openai-whisper", device="cpu")]
+
+
+def apple_silicon() -> bool:
+    from daemon.engines.hardware import apple_silicon as on_apple
+
+    return on_apple()
 
 
 @dataclass(frozen=True)
@@ -419,10 +434,14 @@ class Bench:
         """Every engine on ``w``, their repeats in rounds (see ``measure_rounds``). whisperd twice:
         its files found at start-up (its model's import and load inside its work time), and dropped
         into a running daemon whose model is loaded (as the baselines' work time starts)."""
-        plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in self.baselines]
+        apple = apple_silicon()
+        baselines = self.baselines + (APPLE_BASELINES if apple and self.baselines is BASELINES else [])
+        plans = [self.engine_plan(w, engine, variant, options) for engine, variant, options in baselines]
         for settings in self.defaults:
             plans.append(self.whisperd_plan(w, settings))
             plans.append(self.whisperd_plan(w, settings, warm=True))
+        if apple and self.baselines is BASELINES:
+            plans += [self.whisperd_plan(w, s, warm=True) for s in APPLE_WHISPERD]
         self.measure_rounds(plans)
 
     # -- the stages -----------------------------------------------------------------

@@ -98,16 +98,17 @@ class Settings:
     device: str = "auto"  # config.example.yaml's: cuda, then mps, then cpu
     model: str = "tiny.en"  # the bench's baselines run tiny.en unless told otherwise (bench.run --model)
     language: str = "auto"  # the folder's language: auto, or a code
+    engine: str = "auto"  # config's model.engine: auto is mlx on Apple silicon with mlx-whisper, else openai-whisper
 
     @property
     def label(self) -> str:
         threads = "auto" if self.threads == 0 else str(self.threads)
-        device = "" if self.device == "auto" else f"{self.device}/"
+        device = ("" if self.engine == "auto" else f"{self.engine}/") + ("" if self.device == "auto" else f"{self.device}/")
         model = "" if self.model == "tiny.en" else f"{self.model}/{self.language}/"
         return f"{model}{device}{self.precision}/bs{self.batch_size}/threads {threads}" + ("" if self.fit_windows else "/30s windows")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "precision": self.precision, "batch_size": self.batch_size,
+        return {"engine": self.engine, "device": self.device, "precision": self.precision, "batch_size": self.batch_size,
                 "threads": self.threads, "fit_windows": self.fit_windows, "model": self.model, "language": self.language}
 
 

@@ -64,8 +64,7 @@ def pick_device(requested: str, *, metal: Callable[[], bool] = metal_available) 
 
 
 def pick_precision(device: str, requested: str) -> str:
-    """fp16 on the GPU; fp32 on the CPU, where MLX's fp16 products are slower (measured on a
-    2-core AMD EPYC, tiny.en: 137 s against 68 s for the same 67 s of speech, the same words).
+    """fp16 on the GPU; fp32 on the CPU, where MLX's fp16 products are slower (docs/decisions.md).
     bf16 and int8 are the torch CPU engine's modes: here they become the device's default."""
     requested = (requested or "auto").lower()
     if requested in ("fp16", "fp32"):
