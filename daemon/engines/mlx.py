@@ -110,6 +110,21 @@ class MlxEngine:
     def prepare(self, chunk: Chunk, language: str | None) -> None:
         return None
 
+    def detect_language(self, audio: np.ndarray) -> dict[str, float]:
+        """The probability of each language the model knows for ``audio`` (up to 30 s of speech),
+        as ``whisper.detect_language`` gives it: the decoder's first step after start-of-transcript,
+        over the language tokens. An English-only model knows English alone."""
+        if not self.model.is_multilingual:
+            return {"en": 1.0}
+        tokenizer = self._tokenizer(None, "transcribe")
+        try:
+            features = self.model.encoder(self._mel([audio]))
+            logits = self.model.logits(mx.array([[tokenizer.sot]]), features)[0, 0].astype(mx.float32)
+            probs = mx.softmax(logits[mx.array(list(tokenizer.all_language_tokens))], axis=-1).tolist()
+        finally:
+            mx.clear_cache()
+        return dict(zip(tokenizer.all_language_codes, probs))
+
     def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
         if not chunks:
             return []
