@@ -119,6 +119,10 @@ def test_word_timings_of_a_model_on_mps_are_aligned_on_a_cpu_copy():
             return torch.device("mps")
 
     model = OnMps(dims)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
     heads = torch.zeros(2, 2, dtype=torch.bool)
     heads[1, 0] = True
     model.register_buffer("alignment_heads", heads, persistent=False)  # dense, as moved to MPS
