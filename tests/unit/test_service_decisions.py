@@ -31,6 +31,7 @@ class Handle:
         self.alive = alive
         self.starts = 0
         self.allowed: list[Permission] = []
+        self.engine = None  # what a worker says of its loaded engine (procs.engine_status)
 
     def start(self) -> None:
         self.starts += 1
@@ -163,3 +164,25 @@ def test_a_fault_of_the_machine_pauses_everything_and_says_why(make):
     service._decide()
     perm = busy.allowed[-1]
     assert perm.pause is True and perm.claim is False and "could not be loaded" in perm.reason
+
+
+def test_status_names_the_engine_and_why_and_the_governor_counts_its_gpu_memory(make):
+    """What a worker says of its engine reaches `whisperd status`; the memory its engines hold on
+    a GPU, which no RSS shows, is what the governor's estimate counts for the model."""
+    service, cfg = make(workers=2)
+    enqueue(service.queue, cfg, tone(cfg.folders[0].inbox / "a.wav", 2.0))
+    service._decide()
+    assert read_status(cfg)["engine"] is None  # no model loaded yet
+    said = {"name": "mlx-whisper", "model": "tiny.en", "device": "mps", "precision": "fp16", "note": None,
+            "gpu_memory_bytes": 4 * GIB}
+    service.workers[0].engine = said
+    service.workers[1].engine = {**said, "gpu_memory_bytes": 5 * GIB}
+    service._decide()
+    assert read_status(cfg)["engine"] == {**said, "gpu_memory_bytes": 9 * GIB}
+    assert service.governor.model_bytes == 9 * GIB > service.governor.estimate.model_bytes
+    fallback = "the model on mps heard a known clip as \"!\" instead of \"the two stray kittens\", so it runs on the CPU"
+    service.workers[0].engine = {**said, "device": "cpu", "precision": "fp32", "note": fallback, "gpu_memory_bytes": None}
+    service.workers[1].engine = None
+    service._decide()
+    assert read_status(cfg)["engine"]["note"] == fallback
+    assert service.governor.model_bytes == service.governor.estimate.model_bytes
