@@ -84,6 +84,7 @@ def engine(checkpoint, model_cache):
     e.close()
 
 
+@pytest.mark.timeout(600)  # two 30 s windows on MLX's CPU backend: under a minute alone, minutes on a busy machine
 def test_chunks_of_several_files_in_one_batch_say_what_the_openai_whisper_engine_says(engine, checkpoint, files):
     assert (engine.info.name, engine.info.device, engine.info.precision) == ("mlx-whisper", "cpu", "fp32")
     chunks = [c for chunks, _ in files.values() for c in chunks]
