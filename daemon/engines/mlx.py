@@ -125,14 +125,25 @@ class MlxEngine:
             mx.clear_cache()
         return dict(zip(tokenizer.all_language_codes, probs))
 
-    def transcribe(self, chunks: Sequence[Chunk], *, language: str | None, task: str) -> list[ChunkResult]:
+    def transcribe(
+        self, chunks: Sequence[Chunk], *, language: str | None, task: str, prompt: str | None = None, words: bool = False
+    ) -> list[ChunkResult]:
+        """``prompt`` goes to the decoder before every window, as with openai-whisper (its echo
+        filter and untimed-window retry are that engine's alone for now); word timings are not
+        available here yet, and asking for them fails the batch with a plain reason."""
+        if words:
+            raise ModelError(
+                "word timings (words: true) are not available with model.engine mlx yet; "
+                "set model.engine: openai-whisper, or words: false for this folder"
+            )
         if not chunks:
             return []
         if not self.model.is_multilingual:
             language = "en"
+        prompt = prompt.strip() if prompt and prompt.strip() else None
         return transcribe_windows(
             chunks,
-            decode=lambda audios: self._decode_audio(audios, language, task),
+            decode=lambda audios: self._decode_audio(audios, language, task, prompt),
             batches=lambda windows: batched(windows, chunks, self.batch_size, lambda _s: 1.0),
             tokenizer=lambda lang: self._tokenizer(lang, task),
         )
@@ -173,7 +184,7 @@ class MlxEngine:
             mels.append(mx.pad(mel[:content], [(0, N_FRAMES - content), (0, 0)]))
         return mx.stack(mels).astype(self.dtype)
 
-    def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str) -> list[Any]:
+    def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str, prompt: str | None = None) -> list[Any]:
         """Encode a batch of windows once, decode it with fallback; MLX's buffer cache is
         emptied after the batch."""
         try:
@@ -182,20 +193,20 @@ class MlxEngine:
 
             def decode(rows: list[int], temperature: float) -> list[Any]:
                 part = features if len(rows) == features.shape[0] else features[mx.array(rows)]
-                return self._decode(part, temperature, language, task)
+                return self._decode(part, temperature, language, task, prompt)
 
             return with_fallback(len(windows), decode)
         finally:
             features = None
             mx.clear_cache()
 
-    def _decode(self, features: Any, temperature: float, language: str | None, task: str) -> list[Any]:
+    def _decode(self, features: Any, temperature: float, language: str | None, task: str, prompt: str | None = None) -> list[Any]:
         fp16 = self.dtype == mx.float16
         if temperature == 0:
-            options = DecodingOptions(task=task, language=language, temperature=0.0, fp16=fp16)
+            options = DecodingOptions(task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt)
             return ShrinkingTask(self.model, options).run(features)
         # sampling: each window alone and seeded, so that its text depends on it alone
-        options = DecodingOptions(task=task, language=language, temperature=temperature, best_of=BEST_OF, fp16=fp16)
+        options = DecodingOptions(task=task, language=language, temperature=temperature, best_of=BEST_OF, fp16=fp16, prompt=prompt)
         out = []
         for i in range(features.shape[0]):
             mx.random.seed(SAMPLING_SEED)
