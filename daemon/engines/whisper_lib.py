@@ -57,14 +57,14 @@ def real_timing() -> types.ModuleType:
         return module
 
 
-def add_word_timestamps(*, model: Any, mel: Any, timing: Any = None, **kwargs: Any) -> Any:
-    """whisper's ``add_word_timestamps``, computed on the CPU when the model is on Apple's GPU:
-    the alignment takes float64, which MPS lacks (openai/whisper PRs #2704 and #2825 are still
-    open), and reads the alignment heads as a sparse mask, which MPS cannot hold. The CPU copy
-    of the model is made once per model. ``timing``: whisper.timing, or a stand-in for tests."""
+def for_alignment(model: Any, features: Any) -> tuple[Any, Any]:
+    """The model and audio features that whisper's word alignment may run on: on the CPU when the
+    model is on Apple's GPU, since the alignment takes float64, which MPS lacks (openai/whisper PRs
+    #2704 and #2825 are still open), and reads the alignment heads as a sparse mask, which MPS
+    cannot hold. The CPU copy of the model is made once per model."""
     if getattr(model.device, "type", "cpu") == "mps":
-        model, mel = cpu_copy(model), mel.to("cpu").float()
-    return (timing or real_timing()).add_word_timestamps(model=model, mel=mel, **kwargs)
+        return cpu_copy(model), features.to("cpu").float()
+    return model, features
 
 
 _cpu_copies: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -86,9 +86,7 @@ def cpu_copy(model: Any) -> Any:
 
 
 def _add_word_timestamps(*args: Any, **kwargs: Any) -> Any:
-    if args:  # positional: not how whisper.transcribe calls it
-        return real_timing().add_word_timestamps(*args, **kwargs)
-    return add_word_timestamps(**kwargs)
+    return real_timing().add_word_timestamps(*args, **kwargs)
 
 
 class _Timing(types.ModuleType):

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from whisper.timing import add_word_timestamps
 
+from daemon.engines.whisper_lib import for_alignment
 from daemon.jobs import Segment, Word
 
 
@@ -52,6 +53,7 @@ def align(
     adjusts them (a segment's ends move to its first and last word's)."""
     if not pieces:
         return []
+    model, features = for_alignment(model, features)  # on the CPU for a model on Apple's GPU
     segments = [
         {"seek": 0, "start": s.start - window_start, "end": s.end - window_start, "tokens": list(tokens)}
         for s, tokens in pieces

@@ -105,10 +105,11 @@ def test_a_model_that_cannot_move_to_mps_stays_on_the_cpu():
     assert OpenAIWhisperEngine._to_mps(model)[0] == "cpu"
 
 
-def test_word_timings_of_a_model_on_mps_are_aligned_on_a_cpu_copy():
+def test_word_timings_of_a_model_on_mps_are_aligned_on_a_cpu_copy(monkeypatch):
     from whisper.model import ModelDimensions, Whisper
 
-    from daemon.engines.whisper_lib import add_word_timestamps
+    from daemon.engines import words
+    from daemon.jobs import Segment
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=10, n_audio_state=8, n_audio_head=2, n_audio_layer=1,
                            n_vocab=60, n_text_ctx=6, n_text_state=8, n_text_head=2, n_text_layer=2)
@@ -127,14 +128,16 @@ def test_word_timings_of_a_model_on_mps_are_aligned_on_a_cpu_copy():
     heads[1, 0] = True
     model.register_buffer("alignment_heads", heads, persistent=False)  # dense, as moved to MPS
     seen = []
-    timing = SimpleNamespace(add_word_timestamps=lambda **kw: seen.append(kw))
-    mel = torch.zeros(80, 20, dtype=torch.float16)
-    add_word_timestamps(model=model, mel=mel, timing=timing, segments=[], tokenizer=None)
-    add_word_timestamps(model=model, mel=mel, timing=timing, segments=[], tokenizer=None)
+    monkeypatch.setattr(words, "add_word_timestamps", lambda **kw: seen.append(kw))
+    features = torch.zeros(10, 8, dtype=torch.float16)
+    pieces = [(Segment(1.0, 2.0, "hi"), [5, 6])]
+    words.align(model, None, pieces, features, 20, 1.0, 3.0)
+    words.align(model, None, pieces, features, 20, 1.0, 3.0)
     first, second = seen
-    assert first["model"] is second["model"] is not model  # one CPU copy, made once
-    copy = first["model"]
+    copy = first["model"].model
+    assert copy is second["model"].model is not model  # one CPU copy, made once
     assert next(copy.parameters()).device.type == "cpu" and copy.alignment_heads.is_sparse
+    assert first["model"].alignment_heads.is_sparse
     assert torch.equal(copy.alignment_heads.to_dense(), heads)
     assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), model.state_dict().values()))
-    assert first["mel"].dtype == torch.float32 and first["segments"] == []
+    assert first["mel"].dtype == torch.float32 and first["mel"].device.type == "cpu"
