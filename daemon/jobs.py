@@ -125,6 +125,43 @@ class Checkpoint:
         )
 
 
+class Cause(str, enum.Enum):
+    """Why a job was interrupted: whose fault it may be."""
+
+    STOPPED = "whisperd-stopped"  # whisperd itself ended without handing the job back (power cut, force quit,
+    # launchd): found at the next start. Nothing against the file.
+    WORKER_EXITED = "worker-exited"  # its worker process ended of itself (exit code 0) still holding the job
+    WORKER_DIED = "worker-died"  # its worker process died while whisperd lived (a signal, a segfault, the
+    # out-of-memory killer): evidence against the files it held
+    LEASE_EXPIRED = "lease-expired"  # nobody renewed its lease (a worker of another daemon, a long sleep)
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """One time a job was taken from its worker without being finished or handed back."""
+
+    cause: Cause
+    at: float  # wall-clock time, for people
+    offset: float  # seconds of audio saved (the checkpoint) when it happened
+    reached: tuple[float, float] | None = None  # the stretch of the file the worker was transcribing, if known
+    detail: str = ""  # e.g. "killed by signal SIGABRT"
+    strike: bool = False  # whether it counted against the file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause.value, "at": self.at, "offset": self.offset,
+            "reached": list(self.reached) if self.reached else None, "detail": self.detail, "strike": self.strike,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Interruption":
+        reached = d.get("reached")
+        return cls(
+            Cause(d["cause"]), float(d.get("at", 0.0)), float(d.get("offset", 0.0)),
+            (float(reached[0]), float(reached[1])) if reached else None, str(d.get("detail", "")), bool(d.get("strike")),
+        )
+
+
 @dataclass(frozen=True)
 class Job:
     """One file's journey through the queue, as stored in its row."""
@@ -155,6 +192,10 @@ class Job:
     outputs: tuple[str, ...] = ()  # final output paths, chosen once so a retry reuses them
     destination: str | None = None  # where the original goes (archive or failed), chosen once
     duplicate_of: int | None = None
+    # A worker died holding this job: it is run alone until its checkpoint passes this many seconds
+    # (where that worker was), so that a file that kills the worker is told apart from its batch-mates.
+    suspect_until: float | None = None
+    interruptions: tuple[Interruption, ...] = ()
 
     def evolve(self, **changes: Any) -> "Job":
         return dataclasses.replace(self, **changes)

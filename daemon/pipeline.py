@@ -96,6 +96,7 @@ class JobRun:
         self.exhausted = False
         self.in_flight = 0
         self.annotated = False  # the queue knows its length and model
+        self.suspect_until = job.suspect_until  # see Queue.claim: it runs alone, a chunk at a time, up to there
 
     def _printed(self, chunks: Iterator[audio.Chunk], printer: Callable[[], "Printer"]) -> Iterator[audio.Chunk]:
         for chunk in chunks:
@@ -180,6 +181,10 @@ class JobRun:
         return out
 
     @property
+    def suspect(self) -> bool:
+        return self.suspect_until is not None
+
+    @property
     def done(self) -> bool:
         return self.exhausted and self.in_flight == 0
 
@@ -202,6 +207,8 @@ class JobRun:
             lang = lang or r.language
             offset = max(offset, r.end)
         self.in_flight -= len(results)
+        if self.suspect_until is not None and offset >= self.suspect_until:
+            self.suspect_until = None  # as the queue clears it with this checkpoint
         self.checkpoint = dataclasses.replace(
             cp, offset=offset, segments=tuple(segments), language=lang, chunks_done=cp.chunks_done + len(results),
             voices=tuple(voices),

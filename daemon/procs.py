@@ -9,7 +9,9 @@ the model takes down one worker, not the daemon.
 Parent and child talk over one duplex pipe with plain values: the parent
 sends a ``Permission`` whenever it changes, ``"wake"``, ``"resume"`` (a fault
 of the machine is gone) and ``"stop"``; the child sends ``("status", busy,
-job_ids)``, ``("outcome", Outcome)`` and ``("fault", Fault)``. When
+job_ids)``, ``("outcome", Outcome)``, ``("fault", Fault)`` and, as each chunk goes
+to the model, ``("reach", job_id, start, end)``: if the worker dies, what it wrote
+before is still read, so the daemon knows where in each file it was. When
 the parent dies, the pipe closes, and the child hands its jobs back and exits
 instead of living on as an orphan. Log records travel back over a queue and
 are written by the parent's handlers.
@@ -65,6 +67,7 @@ class WorkerProcess:
         self.jobs: list[int] = []
         self.permission: Permission | None = None
         self.owner: str | None = None  # the lease owner the child uses: host:pid:name
+        self.reached: dict[int, tuple[float, float]] = {}  # job id → the stretch the model has in hand
         self.started_at = 0.0
         self.faults: list[Fault] = []  # reported by the child, not yet taken by the daemon
         self.engine: dict[str, Any] | None = None  # the child's loaded engine (see engine_status)
@@ -88,6 +91,8 @@ class WorkerProcess:
         self.busy = False
         self.jobs = []
         self.permission = None
+        self.owner = None
+        self.reached = {}
         self.started_at = time.monotonic()
         log.info("worker %s started (pid %s)", self.name, self.proc.pid, extra={"action": "worker.start"})
 
@@ -118,6 +123,9 @@ class WorkerProcess:
                     self.owner = msg[1]
                 elif msg[0] == "outcome":
                     outcomes.append(msg[1])
+                    self.reached.pop(msg[1].job_id, None)
+                elif msg[0] == "reach":
+                    self.reached[msg[1]] = (msg[2], msg[3])
                 elif msg[0] == "fault":
                     self.faults.append(msg[1])
                 elif msg[0] == "engine":
@@ -284,6 +292,7 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
         on_outcome=lambda o: link.send(("outcome", o)),
         on_fault=lambda f: link.send(("fault", f)),
         volumes=volumes,
+        on_reach=lambda job, start, end: link.send(("reach", job, start, end)),
     )
     worker.warm_up()  # started because work is waiting
     idle_limit = config.model.idle_unload_minutes * 60

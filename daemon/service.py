@@ -57,6 +57,16 @@ def _owner_alive(owner: str) -> bool:
     return pid != os.getpid() and pid_alive(pid)
 
 
+def _exit_detail(code: int) -> str:
+    """How a worker process ended, in words: "killed by signal SIGKILL", "exit code 1"."""
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 class AlreadyRunning(WhisperdError):
     """Another whisperd is already running with this state folder."""
 
@@ -263,7 +273,7 @@ class Service:
                 files.sweep_temps(d)
         self._note_volumes()
         alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
-        self.queue.reap(now=self.clock(), everything=True, owners_alive=alive)
+        self.queue.recover(now=self.clock(), owners_alive=alive)
 
     def _start_clock(self) -> Any:
         """APScheduler as a clock only: it sets flags; the jobs table stays the record of work."""
@@ -294,9 +304,13 @@ class Service:
             w.send("stop")
         deadline = self.monotonic() + STOP_SECONDS
         for w in self.workers:
+            owner = w.owner
             w.stop(timeout=max(0.5, deadline - self.monotonic()))
             for outcome in w.poll():
                 self._outcome(outcome)
+            if owner and self.queue is not None:
+                # a worker that had to be forced leaves its jobs running: they go back (no strike)
+                self.queue.abandoned(owner, now=self.clock(), died=False, detail="stopped by whisperd")
 
     def _poll_workers(self) -> None:
         assert self.queue is not None
@@ -305,14 +319,22 @@ class Service:
                 self._outcome(outcome)
             for fault in w.take_faults():
                 self._fault(fault)
-            owner = w.owner
+            owner, reached = w.owner, dict(w.reached)
             code = w.reap_if_dead()
-            if code is not None:
-                if code != 0:
-                    log.error("worker %s ended unexpectedly (exit code %s); its jobs go back to the queue", w.name, code,
-                              extra={"action": "worker.crash"})
-                if owner:
-                    self.queue.reap(now=self.clock(), owner=owner)
+            if code is None:
+                continue
+            detail = _exit_detail(code)
+            back = self.queue.abandoned(owner, now=self.clock(), died=code != 0, detail=detail, reached=reached) if owner else []
+            if code != 0:
+                strikes = [j for j in back if j.interruptions and j.interruptions[-1].strike]
+                log.error(
+                    "worker %s ended unexpectedly (%s) while working on %d file(s); %s", w.name, detail, len(back),
+                    f"it counts against {strikes[0].rel}, which was alone in it"
+                    f" ({strikes[0].strikes} of {self.config.jobs.max_attempts} tries)" if strikes
+                    else "each is tried again on its own" if len(back) > 1
+                    else "it is tried again" if back else "it held none",
+                    extra={"action": "worker.crash"},
+                )
 
     def _outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)

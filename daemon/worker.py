@@ -20,7 +20,7 @@ from daemon.config import Config
 from daemon.engines.base import ChunkResult, Engine
 from daemon.errors import ModelError
 from daemon.faults import Fault, MachineFault, folder_fault, inbox_fault, inbox_present, model_fault
-from daemon.jobs import Job, Outcome, Permission
+from daemon.jobs import Interruption, Job, Outcome, Permission
 from daemon.pipeline import JobRun, LeaseLost, Steps
 from daemon.queue import Queue
 from daemon.voices import Printer
@@ -44,6 +44,7 @@ class Worker:
         wake: threading.Event,
         on_outcome: Callable[[Outcome], None] = lambda o: None,
         on_fault: Callable[[Fault], None] = lambda f: None,
+        on_reach: Callable[[int, float, float], None] = lambda job, start, end: None,
         clock: Callable[[], float] = time.time,
         volumes: dict[str, int] | None = None,
     ) -> None:
@@ -57,6 +58,9 @@ class Worker:
         self.wake = wake
         self.on_outcome = on_outcome
         self.on_fault = on_fault
+        # told (job id, start, end) before a chunk goes to the model: the stretch of the file that
+        # the model has in hand, which the daemon reports if the worker dies of it
+        self.on_reach = on_reach
         self.clock = clock
         # a fault of the machine met: nothing is claimed until the daemon says it is gone (``resume``)
         self.held: Fault | None = None
@@ -253,7 +257,7 @@ class Worker:
         steps = self.steps
         try:
             if job.strikes >= self.config.jobs.max_attempts:
-                raise _CrashLoop(job.strikes)
+                raise _CrashLoop(job)
             steps.check_source(job)
             first = steps.duplicate_of(job)
             if first is not None:
@@ -325,9 +329,13 @@ class Worker:
                         break
                     chunks += run.take(1)
                     used += share
+                    self.on_reach(run.job.id, chunks[0].start, chunks[-1].end)
                     # encoded now, while the next chunks are still being cut (a long file's
                     # read-ahead), instead of after the batch is complete
                     self._engine().prepare(chunks[-1], run.language)
+                    if run.suspect:
+                        full = True  # one chunk at a time: each is checkpointed, and a crash is placed to it
+                        break
             except Exception as exc:
                 self._drop(run, exc)
                 continue
@@ -470,11 +478,39 @@ class Worker:
 class _CrashLoop(ModelError):
     permanent = True
 
-    def __init__(self, strikes: int) -> None:
+    def __init__(self, job: Job) -> None:
+        crashes = [i for i in job.interruptions if i.strike]
+        if not crashes:  # strikes recorded before interruptions were
+            super().__init__(
+                f"whisperd stopped unexpectedly {job.strikes} times while working on this file without getting further, "
+                "so it gave up. The file may be damaged; try exporting it again."
+            )
+            return
+        details = sorted({c.detail for c in crashes if c.detail})
+        how = f" ({', '.join(details)})" if details else ""
         super().__init__(
-            f"whisperd stopped unexpectedly {strikes} times while working on this file without getting further, "
-            "so it gave up. The file may be damaged; try exporting it again."
+            f"whisperd's worker crashed {_times(len(crashes))} on this file{how}, "
+            f"{_where(crashes)}, with no other file beside it, so it gave up. The file may be damaged; "
+            "try exporting it again."
         )
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _where(crashes: list[Interruption]) -> str:
+    """Where in the file the worker was each time it crashed: "each time at about 12:40 into it"."""
+    spots = [(_clock(c.reached[0]), _clock(c.reached[1])) if c.reached else (_clock(c.offset), "") for c in crashes]
+    text = [f"between {a} and {b}" if b and b != a else f"at about {a}" for a, b in spots]
+    if len(set(text)) == 1:
+        return f"each time {text[0]} into it" if len(crashes) > 1 else f"{text[0]} into it"
+    return ", ".join(text[:-1]) + f" and {text[-1]} into it"
 
 
 def _load_in_thread(factory: Callable[[], Engine]) -> Future[Engine]:

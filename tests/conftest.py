@@ -59,10 +59,10 @@ class Tree:
             env=self.env, capture_output=True, text=True, timeout=timeout, check=check,
         )
 
-    def popen(self, *args: str) -> subprocess.Popen:
+    def popen(self, *args: str, start_new_session: bool = False) -> subprocess.Popen:
         return subprocess.Popen(
             [WHISPERD, *args, "--config", str(self.config)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=start_new_session,
         )
 
     def files(self, where: Path) -> list[str]:

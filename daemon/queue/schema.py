@@ -1,8 +1,13 @@
-"""The jobs table. Only daemon.queue imports SQLAlchemy."""
+"""The jobs table. Only daemon.queue imports SQLAlchemy.
+
+A column added after a release is nullable or has a ``server_default``, so that ``upgrade`` can add
+it to a database an older whisperd made (``create_all`` makes missing tables, never missing columns).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, inspect, text
+from sqlalchemy.schema import CreateColumn
 
 metadata = MetaData()
 
@@ -39,6 +44,9 @@ jobs = Table(
     Column("outputs", Text),  # JSON list: final output paths, chosen once
     Column("destination", Text),  # where the original goes, chosen once
     Column("duplicate_of", Integer),
+    # A worker died holding this job: it runs alone until its offset passes this (see Queue.claim).
+    Column("suspect_until", Float),
+    Column("interruptions", Text),  # JSON list: each time the job was taken from its worker, and why
     # At most one live job per path: a file is queued once.
     Index(
         "one_active_job_per_path",
@@ -49,3 +57,26 @@ jobs = Table(
     ),
     Index("claim_order", "state", "not_before", "created_at"),
 )
+
+
+def needs_upgrade(conn: Connection) -> bool:
+    """Whether the tables or some of their columns are missing (a new or an older database)."""
+    inspector = inspect(conn)
+    if not inspector.has_table(jobs.name):
+        return True
+    have = {c["name"] for c in inspector.get_columns(jobs.name)}
+    return any(c.name not in have for c in jobs.columns)
+
+
+def upgrade(conn: Connection) -> list[str]:
+    """Make the tables, and add the columns a database from an older whisperd lacks. Returns
+    the names of the columns added."""
+    metadata.create_all(conn)
+    have = {c["name"] for c in inspect(conn).get_columns(jobs.name)}
+    added = []
+    for column in jobs.columns:
+        if column.name not in have:
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {jobs.name} ADD COLUMN {ddl}")
+            added.append(column.name)
+    return added

@@ -20,8 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import Connection, create_engine, event, func, insert, select, update
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import Connection, case, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -29,12 +28,24 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from daemon.config import sqlite_file
 from daemon.errors import DatabaseError
 from daemon.faults import MachineFault, database_fault
-from daemon.jobs import Checkpoint, Job, State
-from daemon.queue.schema import ACTIVE, jobs, metadata
+from daemon.jobs import Cause, Checkpoint, Interruption, Job, State
+from daemon.queue.schema import ACTIVE, jobs, needs_upgrade, upgrade
 
 log = logging.getLogger("whisperd.queue")
 
 BUSY_TIMEOUT_MS = 30_000
+KEEP_INTERRUPTIONS = 20  # the latest ones recorded on a job
+
+_REQUEUED = {
+    Cause.STOPPED: "whisperd stopped while working on this file; it was picked up again",
+    Cause.WORKER_EXITED: "whisperd's worker ended while working on this file; it was picked up again",
+    Cause.WORKER_DIED: "whisperd's worker crashed while working on this file; it is tried again on its own",
+    Cause.LEASE_EXPIRED: "whisperd lost touch with the worker on this file; it was picked up again",
+}
+
+
+def _interruptions(raw: str | None) -> tuple[Interruption, ...]:
+    return tuple(Interruption.from_dict(d) for d in json.loads(raw)) if raw else ()
 
 
 def _job(row: RowMapping) -> Job:
@@ -65,6 +76,8 @@ def _job(row: RowMapping) -> Job:
         outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
         destination=row["destination"],
         duplicate_of=row["duplicate_of"],
+        suspect_until=row["suspect_until"],
+        interruptions=_interruptions(row["interruptions"]),
     )
 
 
@@ -136,13 +149,16 @@ class Queue:
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
         try:
+            added: list[str] = []
             with self._read() as conn:
-                ready = sa_inspect(conn).has_table(jobs.name)
+                ready = not needs_upgrade(conn)
             if not ready:  # a read needs no write lock: `whisperd status` works while another program holds it
                 with self._write() as conn:
-                    metadata.create_all(conn)
+                    added = upgrade(conn)
         except SADatabaseError as exc:
             raise DatabaseError(f"the queue database {url!r} could not be opened: {exc.orig}") from exc
+        if added:
+            log.info("the queue database gained the columns %s", ", ".join(added), extra={"action": "queue.upgrade"})
 
     # -- connection plumbing -------------------------------------------------
 
@@ -299,7 +315,12 @@ class Queue:
     ) -> Job | None:
         """Atomically take the oldest claimable job, or None. A copy of a recording that is
         being transcribed waits for it, so that it finds the result (duplicates: skip):
-        in the folders ``copies_wait`` lists, or in all when it is None."""
+        in the folders ``copies_wait`` lists, or in all when it is None.
+
+        A suspect (a job whose worker died while it held others too) runs alone: only a worker
+        that holds nothing takes one, and takes nothing beside it; and while one waits, a worker
+        that holds jobs takes no more, so that it soon holds nothing. That a worker dies again
+        with a suspect alone is then evidence against that file, and against no other."""
         busy = jobs.alias("busy")
         same_content_running = (
             select(busy.c.id)
@@ -312,6 +333,16 @@ class Queue:
         pick = select(jobs.c.id).where(jobs.c.state == State.QUEUED.value, jobs.c.not_before <= now, free)
         if folders is not None:
             pick = pick.where(jobs.c.folder.in_(list(folders)))
+        mine = jobs.alias("mine")
+        held = (mine.c.state == State.RUNNING.value) & (mine.c.lease_owner == owner)
+        holding = select(mine.c.id).where(held).exists()
+        holding_suspect = select(mine.c.id).where(held, mine.c.suspect_until.is_not(None)).exists()
+        waiting = jobs.alias("waiting")
+        suspect_waits = select(waiting.c.id).where(
+            waiting.c.state == State.QUEUED.value, waiting.c.not_before <= now, waiting.c.suspect_until.is_not(None),
+            *([waiting.c.folder.in_(list(folders))] if folders is not None else []),
+        ).exists()
+        pick = pick.where(~holding_suspect, ~holding | ((jobs.c.suspect_until.is_(None)) & ~suspect_waits))
         pick = pick.order_by(jobs.c.created_at, jobs.c.id).limit(1)
         if not self.is_sqlite:
             pick = pick.with_for_update(skip_locked=True)
@@ -354,6 +385,8 @@ class Queue:
                     offset=checkpoint.offset,
                     progress=progress,
                     lease_expires=now + lease_seconds,
+                    # past the place where a worker died holding it, alone: no longer a suspect
+                    suspect_until=case((jobs.c.suspect_until <= checkpoint.offset, None), else_=jobs.c.suspect_until),
                 )
             )
         return res.rowcount == 1
@@ -420,36 +453,81 @@ class Queue:
             )
         return res.rowcount == 1
 
-    def reap(
-        self, *, now: float, owners_alive: Sequence[str] | None = None, everything: bool = False, owner: str | None = None
-    ) -> list[Job]:
-        """Return jobs whose lease expired (or every running job, at start) to the queue.
-
-        A crash that made no progress since the job was claimed counts as a strike;
-        one that did progress does not, so a long file that is killed often still
-        finishes while a file that crashes the daemon every time is given up on.
-        """
+    def recover(self, *, now: float, owners_alive: Sequence[str] = ()) -> list[Job]:
+        """At start-up: the jobs a previous whisperd left running go back to the queue. Its end
+        (a power cut, a force quit, launchd) is not the files' fault: no strike."""
         cond = jobs.c.state == State.RUNNING.value
-        if not everything:
-            cond = cond & (jobs.c.lease_expires < now)
         if owners_alive:
             cond = cond & jobs.c.lease_owner.not_in(list(owners_alive))
-        if owner is not None:
-            cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_owner == owner)
         with self._write() as conn:
-            rows = conn.execute(
+            back = self._requeue(conn, cond, now=now, cause=Cause.STOPPED)
+        if back:
+            log.warning(
+                "whisperd ended last time without saving its place (a power cut, a force quit?) while working on %d "
+                "file(s); they go back to the queue with their progress kept, and it does not count against them",
+                len(back), extra={"action": "queue.recover"},
+            )
+        return back
+
+    def reap(self, *, now: float) -> list[Job]:
+        """Jobs whose lease expired go back to the queue, with no strike: that nobody renewed a
+        lease says nothing about the file."""
+        with self._write() as conn:
+            back = self._requeue(conn, (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_expires < now), now=now,
+                                 cause=Cause.LEASE_EXPIRED)
+        for job in back:
+            log.warning("job %s went back to the queue: its lease expired", job.id, extra={"action": "job.reaped", "job": job.id})
+        return back
+
+    def abandoned(
+        self, owner: str, *, now: float, died: bool, detail: str = "", reached: dict[int, tuple[float, float]] | None = None
+    ) -> list[Job]:
+        """The jobs a worker process held when it ended go back to the queue.
+
+        ``died``: it ended abnormally while whisperd lived, which is evidence against the files
+        it held. With one file, that file gets a strike, unless its work moved on since it was
+        claimed (a long file killed now and then still finishes). With several, none does: each
+        becomes a suspect and runs alone (``claim``) until it gets past the place where the worker
+        was (``reached``: the stretch of each file the worker had taken into the model), so that
+        only a file that kills the worker on its own collects strikes."""
+        cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_owner == owner)
+        cause = Cause.WORKER_DIED if died else Cause.WORKER_EXITED
+        with self._write() as conn:
+            return self._requeue(conn, cond, now=now, cause=cause, detail=detail, reached=reached or {}, evidence=died)
+
+    def _requeue(
+        self, conn: Connection, cond: Any, *, now: float, cause: Cause, detail: str = "",
+        reached: dict[int, tuple[float, float]] | None = None, evidence: bool = False,
+    ) -> list[Job]:
+        rows = conn.execute(select(jobs).where(cond)).mappings().all()
+        back = []
+        for row in rows:
+            offset = row["offset"] or 0.0
+            where = (reached or {}).get(row["id"])
+            strike = evidence and len(rows) == 1 and offset <= (row["claim_offset"] or 0.0)
+            record = Interruption(cause, now, offset, where, detail, strike)
+            history = list(_interruptions(row["interruptions"]))[-(KEEP_INTERRUPTIONS - 1):] + [record]
+            values: dict[str, Any] = dict(
+                state=State.QUEUED.value, lease_owner=None, lease_expires=None, error=_REQUEUED[cause],
+                interruptions=json.dumps([i.to_dict() for i in history]),
+                strikes=jobs.c.strikes + (1 if strike else 0),
+            )
+            if evidence:
+                # a stretch the worker reached, else any progress, clears the suspicion
+                values["suspect_until"] = max(row["suspect_until"] or 0.0, where[1] if where else offset + 0.001)
+            new = conn.execute(
+                update(jobs).where(jobs.c.id == row["id"], cond).values(**values).returning(*jobs.c)
+            ).mappings().first()
+            if new is not None:
+                back.append(_job(new))
+        return back
+
+    def forget_missing(self, job_id: int, *, now: float, error: str) -> bool:
+        """Fail a queued job whose file vanished before it started."""
+        with self._write() as conn:
+            res = conn.execute(
                 update(jobs)
-                .where(cond)
-                .values(
-                    state=State.QUEUED.value,
-                    lease_owner=None,
-                    lease_expires=None,
-                    strikes=jobs.c.strikes + (jobs.c.offset <= jobs.c.claim_offset).cast(jobs.c.strikes.type),
-                    error="whisperd stopped while working on this file; it was picked up again",
-                )
-                .returning(*jobs.c)
-            ).mappings().all()
-        reaped = [_job(r) for r in rows]
-        for job in reaped:
-            log.warning("job %s went back to the queue after its worker stopped", job.id, extra={"action": "job.reaped", "job": job.id})
-        return reaped
+                .where(jobs.c.id == job_id, jobs.c.state == State.QUEUED.value)
+                .values(state=State.FAILED.value, finished_at=now, error=error)
+            )
+        return res.rowcount == 1

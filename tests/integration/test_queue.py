@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from daemon.jobs import Checkpoint, Segment, State
+from daemon.jobs import Cause, Checkpoint, Segment, State
 from daemon.queue import Queue
 
 
@@ -78,7 +78,7 @@ def test_checkpoint_finish_and_lease_ownership(queue):
     assert queue.get(job.id).state is State.DONE and queue.get(job.id).progress == 1.0
 
 
-def test_expired_leases_go_back_to_the_queue_and_progress_forgives_a_strike(queue):
+def test_expired_leases_go_back_to_the_queue_with_no_strike(queue):
     add(queue, "stuck.wav")
     add(queue, "moving.wav")
     stuck = queue.claim("dead", now=0, lease_seconds=10)
@@ -87,9 +87,109 @@ def test_expired_leases_go_back_to_the_queue_and_progress_forgives_a_strike(queu
     assert queue.reap(now=5) == []  # not expired yet
     reaped = {j.rel: j for j in queue.reap(now=100)}
     assert set(reaped) == {"stuck.wav", "moving.wav"}
-    assert reaped["stuck.wav"].strikes == 1 and reaped["moving.wav"].strikes == 0
+    assert all(j.strikes == 0 and j.suspect_until is None for j in reaped.values())
+    assert [i.cause for i in reaped["stuck.wav"].interruptions] == [Cause.LEASE_EXPIRED]
+    assert reaped["moving.wav"].interruptions[0].offset == 30.0
     again = queue.claim("new", now=101, lease_seconds=10)
     assert again.attempts == 2 and again.checkpoint.offset in (0.0, 30.0)
+
+
+def test_leases_of_a_previous_daemon_go_back_at_start_up_with_no_strike(queue):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        add(queue, name)
+    for _ in range(3):
+        for _ in range(3):
+            queue.claim("host:1:w0", now=0, lease_seconds=60)
+        assert queue.claim("host:2:w0", now=0, lease_seconds=60) is None
+        back = queue.recover(now=10, owners_alive=["host:3:w0"])
+        assert len(back) == 3
+    jobs = queue.all()
+    assert all(j.state is State.QUEUED and j.strikes == 0 and j.suspect_until is None for j in jobs)
+    assert all([i.cause for i in j.interruptions] == [Cause.STOPPED] * 3 for j in jobs)
+    # a live owner's jobs stay with it
+    held = queue.claim("host:3:w0", now=20, lease_seconds=60)
+    assert queue.recover(now=21, owners_alive=["host:3:w0"]) == []
+    assert queue.get(held.id).state is State.RUNNING
+
+
+def test_a_worker_that_dies_alone_with_a_file_strikes_it_unless_it_got_further(queue):
+    add(queue, "a.wav")
+    job = queue.claim("w", now=0, lease_seconds=60)
+    back = queue.abandoned("w", now=1, died=True, detail="killed by signal SIGSEGV", reached={job.id: (0.0, 24.0)})
+    assert [(j.strikes, j.suspect_until) for j in back] == [(1, 24.0)]
+    (crash,) = back[0].interruptions
+    assert (crash.cause, crash.reached, crash.detail, crash.strike) == (Cause.WORKER_DIED, (0.0, 24.0), "killed by signal SIGSEGV", True)
+    # claimed again, it gets past its first chunk, then its worker dies further on: no strike
+    job = queue.claim("w2", now=2, lease_seconds=60)
+    queue.save_checkpoint(job.id, "w2", Checkpoint(offset=24.0, chunks_done=1), duration=600, now=3, lease_seconds=60)
+    assert queue.get(job.id).suspect_until is None
+    (back,) = queue.abandoned("w2", now=4, died=True, reached={job.id: (24.0, 48.0)})
+    assert back.strikes == 1 and back.suspect_until == 48.0 and not back.interruptions[-1].strike
+    # a worker that ended of itself (exit code 0) still holding a job: nothing against the file
+    job = queue.claim("w3", now=5, lease_seconds=60)
+    (back,) = queue.abandoned("w3", now=6, died=False)
+    assert back.strikes == 1 and back.interruptions[-1].cause is Cause.WORKER_EXITED
+
+
+def test_a_worker_that_dies_with_several_files_strikes_none_and_each_then_runs_alone(queue):
+    for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
+        add(queue, name)
+    a, b, c = (queue.claim("w", now=0, lease_seconds=60) for _ in range(3))
+    back = queue.abandoned("w", now=1, died=True, reached={a.id: (0.0, 8.0), b.id: (0.0, 12.0)})
+    assert {j.rel: (j.strikes, j.suspect_until) for j in back} == {"a.wav": (0, 8.0), "b.wav": (0, 12.0), "c.wav": (0, 0.001)}
+    # a suspect is taken alone, and nothing beside it
+    first = queue.claim("w2", now=2, lease_seconds=60)
+    assert first.rel == "a.wav" and queue.claim("w2", now=2, lease_seconds=60) is None
+    # while suspects wait, a worker that holds a job takes no more; one that holds none takes one
+    other = queue.claim("w3", now=2, lease_seconds=60)
+    assert other.rel == "b.wav" and queue.claim("w3", now=2, lease_seconds=60) is None
+    # past where the worker was, a file is no longer suspected, and its worker takes more again
+    assert queue.save_checkpoint(first.id, "w2", Checkpoint(offset=8.0), duration=20, now=3, lease_seconds=60)
+    assert queue.get(first.id).suspect_until is None
+    assert queue.claim("w2", now=3, lease_seconds=60) is None  # c.wav, a suspect, waits for a worker holding nothing
+    queue.finish(first.id, "w2", State.DONE, now=4)
+    assert queue.claim("w2", now=4, lease_seconds=60).rel == "c.wav"
+    queue.finish(other.id, "w3", State.DONE, now=4)
+    assert queue.claim("w3", now=4, lease_seconds=60).rel == "d.wav"  # no suspect waits: batching as before
+    add(queue, "e.wav")
+    assert queue.claim("w3", now=4, lease_seconds=60).rel == "e.wav"
+
+
+def test_a_database_from_the_previous_version_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    columns = _OLD_COLUMNS
+    con.execute(f"CREATE TABLE jobs ({', '.join(columns)})")
+    con.execute(
+        "INSERT INTO jobs (folder, path, rel, state, size, mtime, attempts, strikes, progress, created_at, not_before, \"offset\", claim_offset)"
+        " VALUES (0, '/in/a.wav', 'a.wav', 'running', 10, 1.0, 1, 0, 0.0, 1.0, 0.0, 0.0, 0.0)"
+    )
+    con.commit()
+    con.close()
+    q = Queue(f"sqlite:///{db}")
+    try:
+        (job,) = q.all()
+        assert job.suspect_until is None and job.interruptions == ()
+        (back,) = q.recover(now=5)
+        assert back.interruptions[0].cause is Cause.STOPPED
+        again = Queue(f"sqlite:///{db}")  # opened again: nothing more to add
+        assert again.all() == q.all()
+        again.close()
+    finally:
+        q.close()
+
+
+# the jobs table as the previous version made it
+_OLD_COLUMNS = [
+    "id INTEGER NOT NULL PRIMARY KEY", "folder INTEGER NOT NULL", "path TEXT NOT NULL", "rel TEXT NOT NULL",
+    "state VARCHAR(16) NOT NULL", "content_hash VARCHAR(64)", "size INTEGER NOT NULL", "mtime FLOAT NOT NULL",
+    "attempts INTEGER NOT NULL", "strikes INTEGER NOT NULL", "progress FLOAT NOT NULL", "duration FLOAT", "error TEXT",
+    "model TEXT", "device VARCHAR(16)", "precision VARCHAR(16)", "created_at FLOAT NOT NULL", "started_at FLOAT",
+    "finished_at FLOAT", "not_before FLOAT NOT NULL", "lease_owner TEXT", "lease_expires FLOAT", '"offset" FLOAT NOT NULL',
+    "claim_offset FLOAT NOT NULL", "checkpoint TEXT", "outputs TEXT", "destination TEXT", "duplicate_of INTEGER",
+]
 
 
 def test_retry_later_backs_off(queue):
