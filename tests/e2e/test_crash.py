@@ -196,7 +196,10 @@ def kill_workers(tmp_path, model_cache, calm, *, kills, seed):
     try:
         seen: set[int] = set()
         while done < kills and proc.poll() is None:
-            worker = wait_for(lambda: new_worker(daemon, seen), timeout=120, every=0.05, proc=proc, what="a worker")
+            worker = wait_for(lambda: new_worker(daemon, seen) or proc.poll() is not None, timeout=120, every=0.05,
+                              what="a worker")
+            if worker is True:
+                break  # the work is done
             seen.add(worker.pid)
             time.sleep(pause(rng, tree, calm, kills - done))  # the kill's random moment, not a wait for a state
             try:
