@@ -469,12 +469,14 @@ class Queue:
             )
         return back
 
-    def reap(self, *, now: float) -> list[Job]:
-        """Jobs whose lease expired go back to the queue, with no strike: that nobody renewed a
-        lease says nothing about the file."""
+    def reap(self, *, now: float, owners_alive: Sequence[str] | None = None) -> list[Job]:
+        """Jobs whose lease expired go back to the queue (but not those of ``owners_alive``), with
+        no strike: that nobody renewed a lease says nothing about the file."""
+        cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_expires < now)
+        if owners_alive:
+            cond = cond & jobs.c.lease_owner.not_in(list(owners_alive))
         with self._write() as conn:
-            back = self._requeue(conn, (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_expires < now), now=now,
-                                 cause=Cause.LEASE_EXPIRED)
+            back = self._requeue(conn, cond, now=now, cause=Cause.LEASE_EXPIRED)
         for job in back:
             log.warning("job %s went back to the queue: its lease expired", job.id, extra={"action": "job.reaped", "job": job.id})
         return back

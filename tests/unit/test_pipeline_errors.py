@@ -129,14 +129,14 @@ def test_a_file_that_killed_its_worker_too_often_fails_without_reaching_the_mode
     cfg, queue = setup
     path = tone(cfg.folders[0].inbox / "poison.wav", 3.0)
     enqueue(queue, cfg, path)
-    for _ in range(cfg.jobs.max_attempts):  # a worker died with it each time, without getting further
+    for _ in range(cfg.jobs.max_attempts):  # a worker died with it alone each time, without getting further
         job = queue.claim("host:9:dead", now=0.0, lease_seconds=1.0)
         assert job is not None
-        queue.reap(now=10.0)
+        queue.abandoned("host:9:dead", now=10.0, died=True, detail="killed by signal SIGSEGV", reached={job.id: (0.0, 3.0)})
     assert queue.get(1).strikes == cfg.jobs.max_attempts
     engine = FakeEngine()
     drain(fake_worker(cfg, queue, engine), queue)
     job = queue.get(1)
-    assert job.state is State.FAILED and "stopped unexpectedly" in job.error
+    assert job.state is State.FAILED and "worker crashed 3 times on this file (killed by signal SIGSEGV)" in job.error
     assert engine.batches == []
     assert (cfg.folders[0].failed / "poison.wav").exists()
