@@ -216,7 +216,8 @@ def moment(rng, tree, calm, kills_left, out, after, in_batch):
         return pause(rng, tree, calm, kills_left)
     if out.wait("job.start", after=after) is None:
         return None
-    return rng.uniform(0.05, 0.8) * min(calm.batch_seconds, audio_left(tree, calm.durations) / calm.speed / kills_left)
+    # a share of the work left for one more kill than are left, so that the last lands before the end
+    return rng.uniform(0.05, 0.8) * min(calm.batch_seconds, audio_left(tree, calm.durations) / calm.speed / (kills_left + 1))
 
 
 def killed_tree(tmp_path, model_cache, calm):
