@@ -31,6 +31,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
+import psutil
+
 from daemon.config import Config
 from daemon.faults import Fault
 from daemon.jobs import Outcome, Permission
@@ -41,14 +43,15 @@ _ctx = multiprocessing.get_context("spawn")
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (one we may not signal counts as alive)."""
+    """Whether process ``pid`` runs on this machine (one we may not look at counts as alive). A
+    zombie does not: a worker whose daemon was killed with it is left a zombie where nothing
+    reaps orphans (a container's init), and its leases must go back to the queue at once."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 class WorkerProcess:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import threading
 
 import pytest
@@ -36,3 +38,21 @@ def test_a_link_that_fails_stops_the_worker_without_a_traceback(exc: BaseExcepti
     finally:
         threading.excepthook = before
     assert escaped == []
+
+
+def test_a_zombie_is_not_alive_so_its_leases_go_back_at_once():
+    import subprocess
+    import sys
+
+    from daemon.procs import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
+        assert not pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
