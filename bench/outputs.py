@@ -1,4 +1,4 @@
-"""What the per-folder output keys cost, on the dev clips (/work/shared/audio/dev, or --dev).
+"""What the per-folder output keys cost, on the dev clips (tests/data/librispeech, or --dev).
 
     python -m bench.outputs words  [--model tiny.en|base] [--rounds 3] [--files 6]
         `whisperd run --drain` on the clips with words: false and words: true, in alternating
@@ -24,7 +24,7 @@ import textwrap
 import time
 from pathlib import Path
 
-DEV = Path("/work/shared/audio/dev")
+DEV = Path(__file__).resolve().parents[1] / "tests" / "data" / "librispeech"
 PROMPT = "Anna Kowalczyk, Kubernetes, OKR"
 
 
