@@ -53,9 +53,10 @@ class OneDnnLinear(Linear):
         return super().forward(x)
 
 
-def linear_of(model: Any) -> Callable[..., torch.Tensor]:
-    """The product ``model``'s layers use, for code that multiplies by its weights directly."""
-    return onednn_linear if getattr(model, "gemm", TORCH) == ONEDNN else F.linear
+def linear(choice: str) -> Callable[..., torch.Tensor]:
+    """The product ``choice`` names, for code that multiplies by a model's weights directly
+    the way ``use(model, choice)`` makes its layers multiply."""
+    return onednn_linear if choice == ONEDNN else F.linear
 
 
 def _cpu_name() -> str:
@@ -161,10 +162,11 @@ def _store(path: Path, record: dict[str, Any], *, replace: bool) -> str:
 
 
 def use(model: Any, choice: str) -> Any:
-    """Make ``model``'s linear layers use ``choice``; ``linear_of(model)`` tells it afterwards."""
+    """Make ``model``'s linear layers use ``choice``: each of whisper's ``Linear`` layers takes
+    the class that computes its products that way (the layers and their weights stay where
+    they are). The model does not record it: the engine's ``CpuOptions.gemm`` does."""
     kind = OneDnnLinear if choice == ONEDNN else Linear
     for module in model.modules():
         if type(module) in (Linear, OneDnnLinear):
             module.__class__ = kind
-    model.gemm = choice
     return model

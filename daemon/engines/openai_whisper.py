@@ -6,6 +6,7 @@ import logging
 import re
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
-from daemon.engines.hardware import cpu_has_amx, cpu_has_bf16, pick_device, pick_precision, short_openmp_spin
+from daemon.engines import torch_load
+from daemon.engines.hardware import short_openmp_spin
 from daemon.engines.threads import FreeCores, reading
 from daemon.engines.transcribing import (
     MAX_WINDOWS_PER_CHUNK, MEL_PAD_SAMPLES, MIN_SKIPPED_SECONDS, SAMPLING_SEED, batched, is_silence, window_pieces,
@@ -40,43 +42,6 @@ FIT_STEP_FRAMES = 200
 ENCODE_GROUP_FRAMES = 4000
 
 
-def _quantize_int8(model: Any) -> Any:
-    """Dynamic int8 for every linear layer. whisper's ``Linear`` subclasses torch's, which
-    ``quantize_dynamic`` skips (it matches exact types), so swap in plain ``nn.Linear`` first."""
-    import torch
-    from whisper.model import Linear as WhisperLinear
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, WhisperLinear):
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                plain.load_state_dict(child.state_dict())
-                setattr(module, name, plain)
-    with warnings.catch_warnings():
-        # torch marks its eager-mode quantization API as deprecated; it is the one that runs without extra packages
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def _to_bf16(model: Any) -> Any:
-    """The encoder's weights in bfloat16, its layer norms left in fp32 (whisper's LayerNorm
-    computes in fp32 and a bf16 weight there fails with "mixed dtype"), and a bf16 copy of the
-    token embeddings for the vocabulary projection (``vocabulary_bf16``, read by the CPU token
-    step). The decoder's layers stay fp32: in bf16 their greedy choices drift (measured: a
-    higher WER), while the encoder's output gives the same words."""
-    import torch
-
-    for module in model.encoder.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            continue
-        for param in module.parameters(recurse=False):
-            param.data = param.data.to(torch.bfloat16)
-    vocabulary = model.decoder.token_embedding.weight.detach().to(torch.bfloat16)
-    model.register_buffer("vocabulary_bf16", vocabulary, persistent=False)
-    return model
-
-
 class OpenAIWhisperEngine:
     """Engine over openai-whisper. ``checkpoint`` is what ``models.resolve_checkpoint`` returned."""
 
@@ -96,8 +61,6 @@ class OpenAIWhisperEngine:
         short_spin = short_openmp_spin()
         import torch
 
-        from daemon.engines.models import load_checkpoint
-
         if threads > 0:
             torch.set_num_threads(threads)
         self.batch_size = max(1, batch_size)
@@ -110,38 +73,10 @@ class OpenAIWhisperEngine:
         # threads: 0 lets the number follow the load, as long as idle threads give their cores up
         self.free_cores = FreeCores(self.threads, since=load_began) if threads <= 0 and short_spin else None
         self._last_threads = self.threads
-        device = pick_device(device)
-        model = load_checkpoint(checkpoint, cache_dir=cache_dir)
-        precision = pick_precision(device, precision, multilingual=model.is_multilingual)
-        if precision == "bf16":
-            if device == "cpu" and cpu_has_bf16():
-                model = _to_bf16(model)
-            else:
-                log.warning("bf16 needs a CPU with AVX-512 BF16 or AMX; using fp32", extra={"action": "model_load"})
-                precision = "fp32"
-        if precision == "int8":
-            try:
-                model = _quantize_int8(model)
-            except (AttributeError, ImportError, RuntimeError) as exc:
-                log.warning("int8 is not available here (%s); using fp32", exc, extra={"action": "model_load"})
-                precision = "fp32"
-        if device == "mps":
-            device, model = self._to_mps(model)
-            if device == "cpu":
-                precision = "fp32"
-        elif device == "cuda":
-            model = model.to("cuda")
-        if device == "cpu":
-            from daemon.engines import gemm
-
-            model = gemm.use(model, gemm.choose(model, self.batch_size, cache_dir))
-            log.info("matrix products on the CPU by %s", model.gemm, extra={"action": "model_load"})
-        self.model = model.eval()
-        # bf16: the CPU token step reads the vocabulary in bfloat16, and where AMX multiplies them
-        # the cross-attention keys and values too; with AVX-512 BF16 alone those are slower in
-        # bfloat16 than in fp32 (see shrinking)
-        self.bf16_vocabulary = precision == "bf16"
-        self.bf16_attention = self.bf16_vocabulary and cpu_has_amx()
+        loaded = torch_load.load(checkpoint, device=device, precision=precision, batch_size=self.batch_size, cache_dir=cache_dir)
+        self.model = loaded.model
+        self.cpu = loaded.cpu  # how the CPU steps compute: matrix products, bfloat16
+        device, precision = loaded.device, loaded.precision
         # the padding of fit windows is masked by the CPU's greedy token step only
         self.fit_windows = fit_windows and device == "cpu"
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
@@ -155,18 +90,6 @@ class OpenAIWhisperEngine:
         self.encode_group_frames = ENCODE_GROUP_FRAMES if precision == "bf16" else 0
         # windows ``prepare`` took whose group is not complete yet: length -> [(key, audio, mel)]
         self._waiting: dict[int, list[tuple[tuple[int, int], np.ndarray, Any]]] = {}
-
-    @staticmethod
-    def _to_mps(model: Any) -> tuple[str, Any]:
-        # the sparse alignment-heads mask cannot move to MPS: make it dense first
-        heads = model.alignment_heads
-        if heads.is_sparse:
-            model.register_buffer("alignment_heads", heads.to_dense(), persistent=False)
-        try:
-            return "mps", model.to("mps")
-        except (RuntimeError, NotImplementedError) as exc:
-            log.warning("could not move the model to the GPU (%s); using the CPU", exc, extra={"action": "model_load"})
-            return "cpu", model.to("cpu")
 
     # ------------------------------------------------------------------ decoding
 
@@ -269,9 +192,7 @@ class OpenAIWhisperEngine:
                     torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
                     out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
             return out
-        return shrinking.decode(
-            self.model, features, options, frames, bf16_vocabulary=self.bf16_vocabulary, bf16_attention=self.bf16_attention
-        )
+        return shrinking.decode(self.model, features, options, frames, cpu=self.cpu)
 
     def _decode_with_fallback(
         self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None
@@ -400,7 +321,9 @@ class OpenAIWhisperEngine:
             if self.info.device == "cpu":
                 from daemon.engines import shrinking
 
-                inference = shrinking.CpuInference(self.model, [frames // 2], bf16_vocabulary=self.bf16_vocabulary)
+                # one token step: the keys and values laid out in fp32, whatever the batches do
+                cpu = replace(self.cpu, bf16_attention=False)
+                inference = shrinking.CpuInference(self.model, [frames // 2], cpu=cpu)
                 logits = inference.logits(sot, features)[0, 0].float()
                 inference.cleanup_caching()
             else:
@@ -562,9 +485,7 @@ class OpenAIWhisperEngine:
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
-        heads = self.model.alignment_heads
-        self.model = self.model.to("cpu")
-        self.model.register_buffer("alignment_heads", heads.to("cpu").to_sparse(), persistent=False)
+        self.model = torch_load.to_cpu(self.model)
         self.info = EngineInfo(self.info.name, self.info.model, "cpu", "fp32")
 
     def memory_bytes(self) -> int | None:

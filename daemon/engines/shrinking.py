@@ -19,10 +19,11 @@ lengths, so the CPU step sorts its rows by length and splits them into a few gro
 lengths (``length_groups``), each laid out only as long as its longest row: a short memo batched
 with a long one no longer reads the long one's padding at every token.
 
-With ``bf16_vocabulary`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the
-vocabulary projection multiplies by a bf16 copy of the token embeddings (half the bytes read per
-step; the fp32 ones stay for the embedding lookup), accumulating in fp32. With
-``bf16_attention`` as well (where the CPU has AMX) the cross-attention keys and values, keys
+How the CPU step computes is the engine's ``CpuOptions``, decided at load. With its
+``vocabulary`` (precision ``bf16``: a CPU that multiplies bfloat16 natively) the vocabulary
+projection multiplies by a bf16 copy of the token embeddings (half the bytes read per step; the
+fp32 ones stay for the embedding lookup), accumulating in fp32. With ``bf16_attention`` as well
+(where the CPU has AMX) the cross-attention keys and values, keys
 laid out like the values, are bfloat16 and go to PyTorch's fused attention, which accumulates
 and takes the softmax in fp32: half the bytes per token, and half the batch's largest block of
 memory. Without AMX the fused bf16 attention is slower than the two fp32 products, so only the
@@ -35,7 +36,7 @@ whisper's loop.
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,25 +46,30 @@ from whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingResul
 from daemon.engines import gemm
 from daemon.engines.transcribing import LEAVE_SHARE, compact
 
+if TYPE_CHECKING:
+    from daemon.engines.torch_load import CpuOptions
+
+
+def _plain() -> CpuOptions:
+    """fp32 throughout, torch's own matrix products."""
+    from daemon.engines.torch_load import CpuOptions
+
+    return CpuOptions(gemm.TORCH)
+
 
 class CpuInference(Inference):
     """The text decoder's forward pass with caches of our own layout (see the module's text).
     For greedy decoding only: beam search's cache rearranging is not needed, so not here."""
 
-    def __init__(
-        self, model: Any, frames: list[int] | None = None, *, bf16_vocabulary: bool = False, bf16_attention: bool = False
-    ) -> None:
+    def __init__(self, model: Any, frames: list[int] | None = None, *, cpu: CpuOptions | None = None) -> None:
+        cpu = cpu or _plain()
         self.decoder = model.decoder
-        self.linear = gemm.linear_of(model)  # the vocabulary projection, as the model's layers multiply
+        self.linear = gemm.linear(cpu.gemm)  # the vocabulary projection, as the model's layers multiply
         self.n_head = model.dims.n_text_head
         self.frames = frames  # per row, how many audio frames are its own; the rest is padding, never attended
         # bfloat16 for what a step reads most: the vocabulary, and the cross-attention keys and values
-        self.bf16_attention = bf16_attention
-        self.vocabulary: torch.Tensor | None = None
-        if bf16_vocabulary:
-            self.vocabulary = getattr(model, "vocabulary_bf16", None)
-            if self.vocabulary is None:
-                self.vocabulary = model.decoder.token_embedding.weight.to(torch.bfloat16)
+        self.bf16_attention = cpu.bf16_attention
+        self.vocabulary: torch.Tensor | None = cpu.vocabulary
         self.groups: list[int] = []  # rows per group: consecutive rows whose keys and values share a length
         self.masks: list[torch.Tensor | None] = []  # per group, (n, 1, 1, T): 0 for a row's frames, -inf for padding
         # per layer, per group: keys (n, H, D, T), values (n, H, T, D), T the group's longest row;
@@ -288,8 +294,7 @@ class ShrinkingDecodingTask(DecodingTask):
     masked out of cross-attention. Only the CPU step masks, so only it takes padded rows."""
 
     def __init__(
-        self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *,
-        bf16_vocabulary: bool = False, bf16_attention: bool = False,
+        self, model: Any, options: DecodingOptions, frames: list[int] | None = None, *, cpu: CpuOptions | None = None,
     ) -> None:
         super().__init__(model, options)
         self.logit_filters = [
@@ -298,7 +303,7 @@ class ShrinkingDecodingTask(DecodingTask):
             for f in self.logit_filters
         ]
         if next(model.parameters()).device.type == "cpu" and self.n_group == 1:
-            self.inference = CpuInference(model, frames, bf16_vocabulary=bf16_vocabulary, bf16_attention=bf16_attention)
+            self.inference = CpuInference(model, frames, cpu=cpu)
         elif frames is not None and len(set(frames)) > 1:
             raise ValueError("rows of different lengths need the CPU greedy step, which masks their padding")
 
@@ -383,12 +388,10 @@ class ShrinkingDecodingTask(DecodingTask):
 @torch.no_grad()
 def decode(
     model: Any, features: torch.Tensor, options: DecodingOptions, frames: list[int] | None = None, *,
-    bf16_vocabulary: bool = False, bf16_attention: bool = False,
+    cpu: CpuOptions | None = None,
 ) -> list[DecodingResult]:
     """``whisper.decode`` for a batch of audio features, finished items leaving the batch.
     ``frames``: each row's own number of audio frames, when rows are padded (CPU only).
-    ``bf16_vocabulary``, ``bf16_attention``: the CPU step reads the vocabulary, and the
-    cross-attention keys and values, in bfloat16."""
-    return ShrinkingDecodingTask(
-        model, options, frames, bf16_vocabulary=bf16_vocabulary, bf16_attention=bf16_attention
-    ).run(features)
+    ``cpu``: how the CPU step computes (the engine's, decided at load; fp32 and torch's
+    products without it)."""
+    return ShrinkingDecodingTask(model, options, frames, cpu=cpu).run(features)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,12 @@ def test_onednn_products_give_the_same_transcript(checkpoint, talk, tmp_path):
 
     chunks, _ = talk
     e = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, cache_dir=tmp_path)
-    assert e.model.gemm in (gemm.TORCH, gemm.ONEDNN)
+    assert e.cpu.gemm in (gemm.TORCH, gemm.ONEDNN)
     assert len(list(tmp_path.glob("gemm-*.json"))) == 1  # measured once, for the next start
     texts = {}
     for choice in (gemm.TORCH, gemm.ONEDNN):
         gemm.use(e.model, choice)
+        e.cpu = replace(e.cpu, gemm=choice)
         results = e.transcribe(chunks, language="en", task="transcribe")
         _check_times(chunks, results)
         texts[choice] = [[s.text for s in r.segments] for r in results]
@@ -160,11 +162,13 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_vocabulary,
     import torch
 
     from daemon.engines import shrinking
+    from daemon.engines.torch_load import bf16_vocabulary as vocabulary_of
 
     chunks, _ = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    fit.bf16_vocabulary, fit.bf16_attention = bf16_vocabulary, bf16_attention
-    bf16 = {"bf16_vocabulary": bf16_vocabulary, "bf16_attention": bf16_attention}
+    vocabulary = vocabulary_of(fit.model) if bf16_vocabulary else None
+    fit.cpu = replace(fit.cpu, vocabulary=vocabulary, bf16_attention=bf16_attention)
+    bf16 = {"cpu": fit.cpu}
     windows = [
         chunks[0].audio,
         speech.read(NAMES[1])[: 3 * SAMPLE_RATE],
@@ -511,15 +515,15 @@ def test_bf16_runs_the_encoder_in_bfloat16_where_the_cpu_has_it(checkpoint, talk
     encoder_types = {p.dtype for p in bf16.model.encoder.parameters()}
     assert encoder_types == ({torch.bfloat16, torch.float32} if native else {torch.float32})  # layer norms stay fp32
     assert {p.dtype for p in bf16.model.decoder.parameters()} == {torch.float32}
-    assert bf16.bf16_vocabulary == native  # the token step reads the vocabulary in bfloat16
-    assert bf16.bf16_attention == (native and cpu_has_amx())  # and, with AMX, the keys and values
+    assert (bf16.cpu.vocabulary is not None) == native  # the token step reads the vocabulary in bfloat16
+    assert bf16.cpu.bf16_attention == (native and cpu_has_amx())  # and, with AMX, the keys and values
     if native:
-        assert bf16.model.vocabulary_bf16.dtype == torch.bfloat16
-        assert "vocabulary_bf16" not in bf16.model.state_dict()
+        assert bf16.cpu.vocabulary.dtype == torch.bfloat16
+        assert torch.equal(bf16.cpu.vocabulary, bf16.model.decoder.token_embedding.weight.to(torch.bfloat16))
     results = bf16.transcribe(chunks, language="en", task="transcribe")
     _check_times(chunks, results)
     fp32 = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8)
-    assert not fp32.bf16_vocabulary and not fp32.bf16_attention
+    assert fp32.cpu.vocabulary is None and not fp32.cpu.bf16_attention
     fp32_wer = speech.wer(reference, _text(fp32.transcribe(chunks, language="en", task="transcribe")))
     bf16_wer = speech.wer(reference, _text(results))
     assert bf16_wer < 0.15 and bf16_wer <= fp32_wer + 0.02

@@ -94,13 +94,14 @@ def test_every_layer_switches_and_computes_the_same(model):
     with torch.inference_mode():
         before = model(mel, tokens)
         gemm.use(model, "onednn")
-        assert gemm.linear_of(model) is gemm.onednn_linear
+        assert gemm.linear("onednn") is gemm.onednn_linear
         layers = [m for m in model.modules() if isinstance(m, Linear)]
         assert layers and all(type(m) is gemm.OneDnnLinear for m in layers)
         after = model(mel, tokens)
         gemm.use(model, "torch")
         assert all(type(m) is Linear for m in layers)
-        assert gemm.linear_of(model) is torch.nn.functional.linear
+        assert gemm.linear("torch") is torch.nn.functional.linear
+        assert not hasattr(model, "gemm")  # the choice is the engine's to keep, not the model's
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
     assert before.argmax(-1).tolist() == after.argmax(-1).tolist()
 

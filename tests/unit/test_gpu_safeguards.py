@@ -13,7 +13,7 @@ from daemon.engines import known_answer
 from daemon.engines.base import EngineInfo
 from daemon.engines.fake import FakeEngine
 from daemon.engines.loader import checked
-from daemon.engines.openai_whisper import OpenAIWhisperEngine
+from daemon.engines.torch_load import to_mps
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ class Moves(torch.nn.Module):
 
 def test_the_alignment_heads_are_dense_before_the_model_moves_to_mps():
     model = Moves()
-    device, moved = OpenAIWhisperEngine._to_mps(model)
+    device, moved = to_mps(model)
     assert (device, moved) == ("mps", model)
     assert model.moves == [("mps", False)]
     assert torch.equal(model.alignment_heads, torch.eye(4, dtype=torch.bool))
@@ -102,7 +102,7 @@ def test_the_alignment_heads_are_dense_before_the_model_moves_to_mps():
 
 def test_a_model_that_cannot_move_to_mps_stays_on_the_cpu():
     model = Moves(fails=True)
-    assert OpenAIWhisperEngine._to_mps(model)[0] == "cpu"
+    assert to_mps(model)[0] == "cpu"
 
 
 def test_word_timings_of_a_model_on_mps_are_aligned_on_a_cpu_copy(monkeypatch):
