@@ -1,11 +1,18 @@
-"""openai-whisper backend: a batch of chunks becomes one batched ``whisper.decode`` call."""
+"""openai-whisper backend: a batch of chunks becomes one batched ``whisper.decode`` call.
+
+The engine runs the stages, each in a file of its own: ``torch_load`` (the checkpoint on its
+device and in its precision, the CPU settings decided once), ``torch_features`` (spectrograms
+and the encoder, with what was encoded ahead), ``torch_decoding`` (decoding with fallback) and
+``transcribing`` (windows into segments, the rest of a chunk decoded again). What it keeps
+itself: thread counts, tokenizers, the prompt, word timings, and the move to the CPU when a GPU
+fails.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import warnings
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -13,33 +20,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from daemon.audio import SAMPLE_RATE, Chunk
-from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines import torch_load
+from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.hardware import short_openmp_spin
-from daemon.engines.threads import FreeCores, reading
-from daemon.engines.transcribing import (
-    MAX_WINDOWS_PER_CHUNK, MEL_PAD_SAMPLES, MIN_SKIPPED_SECONDS, SAMPLING_SEED, batched, is_silence, window_pieces,
-    with_fallback,
-)
+from daemon.engines.threads import FreeCores, reading, torch_threads
+from daemon.engines.torch_decoding import Decoder
+from daemon.engines.torch_features import Encoder
+from daemon.engines.transcribing import MAX_WINDOWS_PER_CHUNK, MIN_SKIPPED_SECONDS, batched, is_silence, window_pieces
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
-
-# Fit windows (``fit_windows``): a chunk shorter than 30 s is encoded in a window cut to its
-# length plus this much, at least FIT_MIN_SECONDS; the encoder's cost falls with it (a 3 s memo
-# no longer pays for 30 s). Closer fits make the model loop ("the 2 stray kittens ..." over and
-# over in a 4.2 s window, measured on LibriSpeech).
-FIT_MARGIN_SECONDS = 3.0
-FIT_MIN_SECONDS = 10.0
-# Fit windows come in steps of 2 s (200 mel frames), so that a long recording makes a dozen
-# window shapes, not hundreds: each new shape leaves kernels and freed blocks of its own behind,
-# and a long recording's peak memory would grow with them (docs/decisions.md).
-FIT_STEP_FRAMES = 200
-# On a CPU in bf16, short windows of one length are encoded together, up to this many mel frames
-# per call: four 10 s windows, two 20 s ones, a 30 s window alone. Alone, a short window's products
-# are too small for the matrix units; full windows gain nothing in groups and their attention then
-# holds four times the memory; fp32 gains nothing (docs/decisions.md).
-ENCODE_GROUP_FRAMES = 4000
 
 
 class OpenAIWhisperEngine:
@@ -80,18 +70,18 @@ class OpenAIWhisperEngine:
         # the padding of fit windows is masked by the CPU's greedy token step only
         self.fit_windows = fit_windows and device == "cpu"
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
+        self.encoder = Encoder(self.model, device, precision, fit_windows=self.fit_windows)
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
         self._prompts_seen: set[str] = set()  # prompts whose length was checked (and said, if too long)
-        # features that ``prepare`` computed ahead, for the next ``transcribe`` (CPU, fit windows)
-        self._early: dict[tuple[int, int], tuple[np.ndarray, int, Any]] = {}
-        # on a CPU in bf16, short windows of one length are encoded several at a time: alone, their
-        # products are too small for the matrix units (see _features, ENCODE_GROUP_FRAMES)
-        self.encode_group_frames = ENCODE_GROUP_FRAMES if precision == "bf16" else 0
-        # windows ``prepare`` took whose group is not complete yet: length -> [(key, audio, mel)]
-        self._waiting: dict[int, list[tuple[tuple[int, int], np.ndarray, Any]]] = {}
 
-    # ------------------------------------------------------------------ decoding
+    @property
+    def decoder(self) -> Decoder:
+        return Decoder(self.model, self.info.precision, self.cpu)
+
+    def _threads_now(self) -> int:
+        """As many threads as other programs leave cores free (model.threads: 0), else as configured."""
+        return self.free_cores() if self.free_cores is not None else self.threads
 
     def _tokenizer(self, language: str | None, task: str) -> Any:
         from whisper.tokenizer import get_tokenizer
@@ -107,45 +97,6 @@ class OpenAIWhisperEngine:
                 )
         return self._tokenizers[key]
 
-    def _mel(self, windows: Sequence[np.ndarray]) -> Any:
-        """Log-mel windows as whisper.transcribe builds them: the spectrogram of the audio
-        followed by 30 s of zeros, cut to the audio's frames, then padded with zeros in the
-        mel domain. (Padding the audio instead gives the model a stretch of "silence" that
-        makes it stop early and skip whole sentences.)
-
-        The audio is followed by MEL_PAD_SAMPLES of zeros rather than 30 s: the frames kept
-        see only the audio and the first 200 zeros, and every frame past the ones that touch
-        the audio is all zeros, whose log-mel (-10) is the floor, so the spectrogram's maximum
-        (which sets the clamp) is the same too. The result is whisper's, value for value
-        (a test compares them), without a 30 s transform per window."""
-        import torch
-        import whisper
-        from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES
-
-        n_mels = self.model.dims.n_mels
-        pad_frames = MEL_PAD_SAMPLES // HOP_LENGTH
-        mels = []
-        for audio in windows:
-            samples = torch.from_numpy(np.ascontiguousarray(audio[:N_SAMPLES], dtype=np.float32))
-            mel = whisper.log_mel_spectrogram(samples, n_mels, padding=MEL_PAD_SAMPLES)
-            content = mel.shape[-1] - pad_frames
-            mels.append(whisper.pad_or_trim(mel[:, : min(N_FRAMES, content)], N_FRAMES))
-        return torch.stack(mels).to(self.info.device)
-
-    def _frames(self, windows: Sequence[np.ndarray], language: str | None) -> list[int]:
-        """Mel frames of each window to encode: all 3,000 (30 s), or with fit windows the
-        audio's length plus a margin, in steps of FIT_STEP_FRAMES (even: the encoder halves it). Not when the
-        language is to be detected: whisper detects it on unmasked features."""
-        return [self._window_frames(len(audio) / SAMPLE_RATE, language) for audio in windows]
-
-    def _window_frames(self, seconds: float, language: str | None) -> int:
-        from whisper.audio import HOP_LENGTH, N_FRAMES
-
-        if not self.fit_windows or language is None:
-            return N_FRAMES
-        seconds = max(FIT_MIN_SECONDS, seconds + FIT_MARGIN_SECONDS)
-        return min(N_FRAMES, FIT_STEP_FRAMES * int(np.ceil(seconds * SAMPLE_RATE / HOP_LENGTH / FIT_STEP_FRAMES)))
-
     def share(self, seconds: float, language: str | None) -> float:
         """A chunk's share of a batch: its window's length over 30 s. A batch holds windows
         worth ``batch_size`` full ones, so with fit windows it holds up to three times as many
@@ -155,117 +106,11 @@ class OpenAIWhisperEngine:
 
         if not self.model.is_multilingual:
             language = "en"
-        return self._window_frames(seconds, language) / N_FRAMES
+        return self.encoder.window_frames(seconds, language) / N_FRAMES
 
     def _batches(self, windows: list[tuple[int, int]], chunks: Sequence[Chunk], language: str | None) -> Iterator[list[tuple[int, int]]]:
         """``windows`` (chunk, samples into it) in batches of at most ``batch_size`` full windows' worth."""
         return batched(windows, chunks, self.batch_size, lambda seconds: self.share(seconds, language))
-
-    def _decode(
-        self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None,
-        prompt: str | None = None,
-    ) -> list[Any]:
-        """One decoding pass. ``frames``: each item's own number of audio features, when the
-        items are padded to the longest (fit windows)."""
-        import torch
-        import whisper
-
-        frames = frames or [features.shape[1]] * features.shape[0]
-        fp16 = self.info.precision == "fp16"
-        if temperature > 0:
-            options = whisper.DecodingOptions(
-                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16, prompt=prompt
-            )
-        else:
-            options = whisper.DecodingOptions(
-                task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt
-            )
-        from daemon.engines import shrinking  # torch and whisper load at first use, as everywhere in this module
-
-        if (options.best_of or options.beam_size or 1) > 1:
-            # openai-whisper 20250625 no longer repeats the audio features per beam or sample,
-            # which only broadcasts for one item at a time: decode these items one by one,
-            # each without padding (whisper's own loop masks none)
-            out = []
-            with torch.random.fork_rng(devices=[]):
-                for i in range(features.shape[0]):
-                    torch.manual_seed(SAMPLING_SEED)  # each item's sampling depends on that item alone
-                    out.append(shrinking.decode(self.model, features[i : i + 1, : frames[i]], options)[0])
-            return out
-        return shrinking.decode(self.model, features, options, frames, cpu=self.cpu)
-
-    def _decode_with_fallback(
-        self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None
-    ) -> list[Any]:
-        """Greedy first; only the items whose text looks wrong are decoded again, at rising
-        temperatures, as whisper.transcribe does (``transcribing.with_fallback``). ``frames``: each
-        item's own number of audio features (the rest is padding)."""
-
-        def decode(todo: list[int], temperature: float) -> list[Any]:
-            rows = features if len(todo) == features.shape[0] else features[todo]  # no copy of a whole batch
-            return self._decode(rows, temperature, language, task, [frames[i] for i in todo], prompt)
-
-        return with_fallback(features.shape[0], decode)
-
-    def _features(self, windows: Sequence[np.ndarray], frames: list[int] | None = None) -> Any:
-        """Audio features for a batch of windows, computed once per batch: temperature
-        fallbacks reuse them. A GPU encodes the whole batch at once. On a CPU the encoder takes
-        short windows of one length together, ``_group_size`` at a time (one in fp32: it is
-        compute-bound there and a batch gains nothing, its activations only growing out of the
-        caches, the features bit for bit the same). Each window is encoded from its first ``frames[i]`` mel
-        frames (fit windows; all 3,000 without ``frames``), the features padded with zeros to the
-        longest. What ``prepare`` encoded ahead is taken from there, and the windows it left
-        waiting for their group are encoded with the rest, so that a window's group is the same
-        whether or not it was prepared."""
-        import torch
-        from whisper.audio import N_FRAMES
-
-        if self.info.device != "cpu":
-            return self._encode_batch(self._mel(windows))
-        frames = frames or [N_FRAMES] * len(windows)
-        waiting = {key: (n, mel) for n, group in self._waiting.items() for key, _, mel in group}
-        self._waiting.clear()
-        parts: list[Any] = [None] * len(windows)
-        mels: list[Any] = [None] * len(windows)
-        for i, (window, n) in enumerate(zip(windows, frames)):
-            key = _window_key(window)
-            hit = self._early.pop(key, None)
-            if hit is not None and hit[1] == n:
-                parts[i] = hit[2]
-            elif key in waiting and waiting[key][0] == n:
-                mels[i] = waiting[key][1]
-        missing = [i for i in range(len(windows)) if parts[i] is None and mels[i] is None]
-        if missing:
-            mel = self._mel([windows[i] for i in missing])
-            for j, i in enumerate(missing):
-                mels[i] = mel[j : j + 1, :, : frames[i]]
-        by_length: dict[int, list[int]] = {}
-        for i in range(len(windows)):
-            if parts[i] is None:
-                by_length.setdefault(frames[i], []).append(i)
-        for n, same in by_length.items():
-            size = self._group_size(n)
-            for g in range(0, len(same), size):
-                group = same[g : g + size]
-                features = self._encode_batch(torch.cat([mels[i] for i in group]))
-                for j, i in enumerate(group):
-                    parts[i] = features[j : j + 1]
-        return _padded(parts)
-
-    def _group_size(self, frames: int) -> int:
-        """How many windows of ``frames`` mel frames are encoded in one call on a CPU."""
-        return max(1, self.encode_group_frames // frames)
-
-    def _encode_batch(self, mel: Any) -> Any:
-        import torch
-
-        precision = self.info.precision
-        x = mel.to(torch.bfloat16) if precision == "bf16" else mel.half() if precision == "fp16" else mel
-        if x.shape[-1] == self.model.dims.n_audio_ctx * 2:
-            x = self.model.embed_audio(x)
-        else:
-            x = _encode_short(self.model.encoder, x)
-        return x.float() if precision == "bf16" else x
 
     def prepare(self, chunk: Chunk, language: str | None) -> None:
         """Encode ``chunk`` now, for the batch it is about to join: while the worker waits for
@@ -279,27 +124,13 @@ class OpenAIWhisperEngine:
             language = "en"
         if not self.fit_windows or language is None or self.info.device != "cpu":
             return
-        import torch
-
-        if _window_key(chunk.audio) in self._early:
+        if self.encoder.has(chunk.audio):
             return  # encoded already, to detect its file's language
-        frames = self._window_frames(len(chunk.audio) / SAMPLE_RATE, language)
-        n = self.free_cores() if self.free_cores is not None else self.threads
+        frames = self.encoder.window_frames(len(chunk.audio) / SAMPLE_RATE, language)
         try:
-            with torch.inference_mode():
-                mel = self._mel([chunk.audio])[:, :, :frames]
-            group = self._waiting.setdefault(frames, [])
-            group.append((_window_key(chunk.audio), chunk.audio, mel))
-            if len(group) < self._group_size(frames):
-                return
-            del self._waiting[frames]
-            with torch.inference_mode(), _torch_threads(n):
-                features = self._encode_batch(torch.cat([m for _, _, m in group]))
+            self.encoder.prepare(chunk.audio, frames, self._threads_now())
         except Exception as exc:  # noqa: BLE001 - the batch encodes it again, and reports what fails there
             log.debug("encoding ahead failed (%s); the batch will encode it", exc, extra={"action": "transcribe"})
-            return
-        for j, (key, audio, _) in enumerate(group):
-            self._early[key] = (audio, frames, features[j : j + 1])
 
     def detect_language(self, audio: np.ndarray) -> dict[str, float]:
         """The probability of each language the model knows for ``audio`` (up to 30 s of
@@ -312,11 +143,11 @@ class OpenAIWhisperEngine:
 
         if not self.model.is_multilingual:
             return {"en": 1.0}
-        frames = self._window_frames(len(audio) / SAMPLE_RATE, "en")  # as with any decided language
-        n = self.free_cores() if self.free_cores is not None else self.threads
+        frames = self.encoder.window_frames(len(audio) / SAMPLE_RATE, "en")  # as with any decided language
+        n = self._threads_now()
         tokenizer = self._tokenizer(None, "transcribe")
-        with torch.inference_mode(), _torch_threads(n):
-            features = self._features([audio], [frames])
+        with torch.inference_mode(), torch_threads(n):
+            features = self.encoder.features([audio], [frames])
             sot = torch.tensor([[tokenizer.sot]], device=features.device)
             if self.info.device == "cpu":
                 from daemon.engines import shrinking
@@ -331,7 +162,7 @@ class OpenAIWhisperEngine:
             tokens = list(tokenizer.all_language_tokens)
             probs = logits[tokens].softmax(dim=-1).tolist()
         if self.info.device == "cpu":
-            self._early[_window_key(audio)] = (audio, frames, features)
+            self.encoder.keep(audio, frames, features)
         return dict(zip(tokenizer.all_language_codes, probs))
 
     def transcribe(
@@ -348,8 +179,7 @@ class OpenAIWhisperEngine:
         try:
             return self._transcribe(chunks, language=language, task=task, prompt=self._fit_prompt(prompt), words=words)
         finally:
-            self._early.clear()  # what was prepared and not used (a window cut shorter, say) goes
-            self._waiting.clear()
+            self.encoder.clear()  # what was prepared and not used (a window cut shorter, say) goes
 
     def _fit_prompt(self, prompt: str | None) -> str | None:
         """``prompt`` as the decoder takes it; past its budget (half the text context, less one:
@@ -430,8 +260,8 @@ class OpenAIWhisperEngine:
         from daemon.engines import words  # whisper.timing brings numba: only for the folders that ask
 
         audio_frames = min(N_FRAMES, -(-len(audio) // HOP_LENGTH))
-        n = self.free_cores() if self.free_cores is not None else self.threads
-        with torch.inference_mode(), _torch_threads(n if self.info.device == "cpu" else torch.get_num_threads()):
+        n = self._threads_now()
+        with torch.inference_mode(), torch_threads(n if self.info.device == "cpu" else torch.get_num_threads()):
             return words.align(self.model, tokenizer, pieces, features, audio_frames, start, end)
 
     def _decode_audio(
@@ -444,7 +274,7 @@ class OpenAIWhisperEngine:
         sorted are not copied into a sorted batch (features and all) on the way."""
         import torch
 
-        frames = self._frames(windows, language)
+        frames = self.encoder.frames(windows, language)
         order = sorted(range(len(windows)), key=frames.__getitem__)
         windows, frames = [windows[i] for i in order], [frames[i] for i in order]
         with torch.inference_mode():
@@ -470,23 +300,23 @@ class OpenAIWhisperEngine:
         (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
-            features = self._features(windows, frames)
-            return self._decode_with_fallback(features, language, task, feature_frames, prompt), features
-        # as many threads as other programs leave cores free (model.threads: 0), else as configured
-        n = self.free_cores() if self.free_cores is not None else self.threads
+            features = self.encoder.features(windows, frames)
+            return self.decoder.with_fallback(features, language, task, feature_frames, prompt), features
+        n = self._threads_now()
         if n != self._last_threads:
             log.info("using %d of %d cores: other programs keep the rest busy" if n < self.threads else
                      "using all %d of %d cores", n, self.threads, extra={"action": "transcribe"})
             self._last_threads = n
-        with _torch_threads(n):
-            features = self._features(windows, frames)
-        with _torch_threads(min(n, self.decode_threads)):
-            return self._decode_with_fallback(features, language, task, feature_frames, prompt), features
+        with torch_threads(n):
+            features = self.encoder.features(windows, frames)
+        with torch_threads(min(n, self.decode_threads)):
+            return self.decoder.with_fallback(features, language, task, feature_frames, prompt), features
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
         self.model = torch_load.to_cpu(self.model)
         self.info = EngineInfo(self.info.name, self.info.model, "cpu", "fp32")
+        self.encoder = Encoder(self.model, "cpu", "fp32", fit_windows=self.fit_windows)  # it sets nothing aside off the CPU
 
     def memory_bytes(self) -> int | None:
         """torch's own figure for the GPU: the memory its tensors hold there."""
@@ -501,6 +331,7 @@ class OpenAIWhisperEngine:
 
     def close(self) -> None:
         self.model = None
+        self.encoder = None  # type: ignore[assignment]  # it holds the model too
         self._tokenizers.clear()
         try:
             import torch
@@ -509,47 +340,6 @@ class OpenAIWhisperEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing a cache is best effort
             pass
-
-
-def _padded(parts: list[Any]) -> Any:
-    """Windows' features, one tensor each, padded with zeros to the longest and stacked."""
-    import torch
-
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
-
-
-def _window_key(audio: np.ndarray) -> tuple[int, int]:
-    """Which samples a window holds: where they start in memory, and how many. A chunk's
-    audio and the window ``transcribe`` cuts from its start share both."""
-    return audio.__array_interface__["data"][0], len(audio)
-
-
-def _encode_short(encoder: Any, mel: Any) -> Any:
-    """whisper's ``AudioEncoder.forward`` for a window shorter than 30 s (which it refuses):
-    the positional embedding is cut to the window's length."""
-    import torch.nn.functional as F
-
-    x = F.gelu(encoder.conv2(F.gelu(encoder.conv1(mel)))).permute(0, 2, 1)
-    x = (x + encoder.positional_embedding[: x.shape[1]]).to(x.dtype)
-    for block in encoder.blocks:
-        x = block(x)
-    return encoder.ln_post(x)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if before == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 _WORD = re.compile(r"\w+")

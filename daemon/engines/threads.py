@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 # Other programs keeping at least this much of a core busy (on average) take it from the model.
 TAKEN = 0.5
@@ -73,3 +74,19 @@ class FreeCores:
             self.threads = max(1, min(self.cores, int(self.cores - others + (1 - TAKEN))))
         self._last = (now, busy, own)
         return self.threads
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch computes on ``n`` threads inside, on as many as before after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

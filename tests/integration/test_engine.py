@@ -16,7 +16,8 @@ from daemon.engines.faster_whisper import FasterWhisperEngine
 from daemon.engines.hardware import pick_device, pick_precision
 from daemon.engines.loader import load_engine
 from daemon.engines.models import bundled_ct2_dir, resolve_checkpoint
-from daemon.engines.openai_whisper import OpenAIWhisperEngine, _torch_threads
+from daemon.engines.openai_whisper import OpenAIWhisperEngine
+from daemon.engines.threads import torch_threads
 from daemon.engines.transcribing import parse_window
 from daemon.errors import ModelError
 from tests import speech
@@ -99,10 +100,10 @@ def test_fit_windows_transcribe_real_speech_from_shorter_windows(checkpoint, tal
 
     chunks, reference = talk
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
-    frames = fit._frames([c.audio for c in chunks], "en")
+    frames = fit.encoder.frames([c.audio for c in chunks], "en")
     assert all(n % 2 == 0 and n <= N_FRAMES for n in frames)
     assert min(frames) < N_FRAMES  # the short chunks of this talk get shorter windows
-    assert fit._frames([c.audio for c in chunks], None) == [N_FRAMES] * len(chunks)  # language detection: full
+    assert fit.encoder.frames([c.audio for c in chunks], None) == [N_FRAMES] * len(chunks)  # language detection: full
     results = fit.transcribe(chunks, language="en", task="transcribe")
     _check_times(chunks, results)
     assert speech.wer(reference, _text(results)) < 0.15
@@ -118,10 +119,10 @@ def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint,
     fit = OpenAIWhisperEngine(checkpoint, device="cpu", precision="fp32", batch_size=8, fit_windows=True)
     # mel frames per encoder call; 4,800: the talk's two windows of 1,800 frames in one call, the
     # one of 2,400 waiting for a second of its length that does not come
-    fit.encode_group_frames = budget
+    fit.encoder.group_frames = budget
     encoded: list[int] = []  # windows the encoder takes, call by call
-    real = fit._encode_batch
-    fit._encode_batch = lambda mel: encoded.append(mel.shape[0]) or real(mel)
+    real = fit.encoder.encode
+    fit.encoder.encode = lambda mel: encoded.append(mel.shape[0]) or real(mel)
     plain = fit.transcribe(chunks, language="en", task="transcribe")
     in_batch = sum(encoded)
     assert (max(encoded) > 1) == (budget > 0)  # windows of one length did share a call, or none did
@@ -129,18 +130,18 @@ def test_chunks_encoded_ahead_say_the_same_and_are_not_encoded_again(checkpoint,
     for chunk in chunks:
         fit.prepare(chunk, "en")
     ahead_of_time = sum(encoded)
-    lengths = Counter(fit._window_frames(len(c.audio) / SAMPLE_RATE, "en") for c in chunks)
-    assert ahead_of_time == sum(k - k % fit._group_size(n) for n, k in lengths.items())  # the complete groups
+    lengths = Counter(fit.encoder.window_frames(len(c.audio) / SAMPLE_RATE, "en") for c in chunks)
+    assert ahead_of_time == sum(k - k % fit.encoder.group_size(n) for n, k in lengths.items())  # the complete groups
     assert ahead_of_time == len(chunks) if budget == 0 else 0 < ahead_of_time < len(chunks)
     ahead = fit.transcribe(chunks, language="en", task="transcribe")
     assert ahead == plain
     assert sum(encoded) == in_batch  # the prepared windows were not encoded a second time
-    assert not fit._early and not fit._waiting
+    assert not fit.encoder.early and not fit.encoder.waiting
     fit.prepare(chunks[-1], "en")  # prepared, but its batch is cut differently: let go with the next batch
     fit.transcribe(chunks[:1], language="en", task="transcribe")
-    assert not fit._early and not fit._waiting
+    assert not fit.encoder.early and not fit.encoder.waiting
     engine.prepare(chunks[0], "en")  # full 30 s windows: nothing to do ahead
-    assert not engine._early and not engine._waiting
+    assert not engine.encoder.early and not engine.encoder.waiting
     fit.close()
 
 
@@ -177,13 +178,13 @@ def test_padding_of_fit_windows_is_masked_out(checkpoint, talk, bf16_vocabulary,
         chunks[1].audio,
         speech.read(NAMES[2])[: 4 * SAMPLE_RATE],
     ]
-    frames = fit._frames(windows, "en")
+    frames = fit.encoder.frames(windows, "en")
     own = [n // 2 for n in frames]
     assert own != sorted(own)
     assert len(shrinking.length_groups(sorted(own))) >= 2  # the short rows do not read the long ones' padding
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
-        features = fit._features(windows, frames)
+        features = fit.encoder.features(windows, frames)
         assert features.shape[1] == max(own)
         together = shrinking.decode(fit.model, features, options, own, **bf16)
         noise = features.clone()
@@ -227,7 +228,7 @@ def test_log_mel_windows_are_whispers_own_value_for_value(engine, talk):
         loud_end,
         speech.read(NAMES[0])[:N_SAMPLES],
     ]
-    ours = engine._mel(windows)
+    ours = engine.encoder.mel(windows)
     for i, audio in enumerate(windows):
         full = whisper.log_mel_spectrogram(torch.from_numpy(audio), engine.model.dims.n_mels, padding=N_SAMPLES)
         content = full.shape[-1] - N_FRAMES
@@ -307,10 +308,10 @@ def test_sampling_fallback_decodes_a_batch_reproducibly(engine):
     import torch
 
     short = [Chunk(i, 0.0, 4.0, speech.read(n)) for i, n in enumerate(["ls_1988-24833-0000.flac", "ls_3752-4944-0002.flac"])]
-    with torch.inference_mode(), _torch_threads(1):
-        features = engine._features([c.audio for c in short])
-        first = engine._decode(features, 0.4, "en", "transcribe")
-        again = engine._decode(features, 0.4, "en", "transcribe")
+    with torch.inference_mode(), torch_threads(1):
+        features = engine.encoder.features([c.audio for c in short])
+        first = engine.decoder.decode(features, 0.4, "en", "transcribe")
+        again = engine.decoder.decode(features, 0.4, "en", "transcribe")
     assert len(first) == 2
     assert [r.text for r in first] == [r.text for r in again]
     assert all(r.temperature == 0.4 and r.text for r in first)
@@ -487,7 +488,7 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     windows = [c.audio for c in chunks] + [speech.read(NAMES[1])[: 2 * SAMPLE_RATE], np.zeros(SAMPLE_RATE, np.float32)]
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
-        features = engine._features(windows)
+        features = engine.encoder.features(windows)
         task = shrinking.ShrinkingDecodingTask(engine.model, options)
         assert isinstance(task.inference, shrinking.CpuInference)
         if step == "whisper":
