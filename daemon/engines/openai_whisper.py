@@ -11,7 +11,6 @@ fails.
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from daemon.engines.hardware import short_openmp_spin
 from daemon.engines.threads import FreeCores, reading, torch_threads
 from daemon.engines.torch_decoding import Decoder
 from daemon.engines.torch_features import Encoder
-from daemon.engines.transcribing import MAX_WINDOWS_PER_CHUNK, MIN_SKIPPED_SECONDS, batched, is_silence, window_pieces
+from daemon.engines.transcribing import Pieces, batched, transcribe_windows
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
@@ -205,52 +204,28 @@ class OpenAIWhisperEngine:
             return []
         if not self.model.is_multilingual:
             language = "en"
-        echo = _Echo(prompt)
-        found: list[list[Segment]] = [[] for _ in chunks]
-        languages: list[str | None] = [None] * len(chunks)
-        windows = [(slot, 0) for slot in range(len(chunks))]  # (which chunk, samples into it)
-        for turn in range(MAX_WINDOWS_PER_CHUNK):
-            final = turn == MAX_WINDOWS_PER_CHUNK - 1
-            rest: list[tuple[int, int]] = []
-            for batch in self._batches(windows, chunks, language):
-                audios = [chunks[slot].audio[offset:] for slot, offset in batch]
-                results, features = self._decode_audio(audios, language, task, prompt, keep_features=words)
-                if prompt:
-                    # A prompt sometimes leads the model to write a long window as one run of text
-                    # with no timestamp after the first, and to stop mid-window: with no timestamp
-                    # to go on from, the rest of its speech would be lost. Those windows are
-                    # decoded again without the prompt.
-                    begin = self._tokenizer(language, task).timestamp_begin
-                    lost = [i for i, r in enumerate(results) if _untimed(r, len(audios[i]), begin)]
-                    if lost:
-                        again, _ = self._decode_audio([audios[i] for i in lost], language, task, None)
-                        for i, r in zip(lost, again):
-                            results[i] = r
-                for i, ((slot, offset), r) in enumerate(zip(batch, results)):
-                    chunk = chunks[slot]
-                    languages[slot] = languages[slot] or r.language
-                    if is_silence(r):
-                        continue
-                    start = chunk.start + offset / SAMPLE_RATE
-                    tokenizer = self._tokenizer(r.language, task)
-                    pieces, resume = window_pieces(r.tokens, tokenizer, start, chunk.end, final=final)
-                    pieces = [(s, t) for s, t in pieces if not echo(s.text)]
-                    if words:
-                        segments = self._align(tokenizer, pieces, features[i], audios[i], start, chunk.end)
-                    else:
-                        segments = [s for s, _ in pieces]
-                    found[slot].extend(segments)
-                    if resume is not None:
-                        rest.append((slot, offset + round(resume * SAMPLE_RATE)))
-            windows = rest
-            if not windows:
-                break
-        return [
-            ChunkResult(c.index, c.start, c.end, tuple(found[slot]), languages[slot]) for slot, c in enumerate(chunks)
-        ]
+        batch: dict[str, list[Any]] = {"audios": [], "features": []}  # the batch decoded last, for its word timings
+
+        def decode(audios: list[np.ndarray]) -> list[Any]:
+            results, features = self._decode_audio(audios, language, task, prompt, keep_features=words)
+            batch["audios"], batch["features"] = audios, features
+            return results
+
+        def timed(i: int, tokenizer: Any, pieces: Pieces, start: float, end: float) -> list[Segment]:
+            return self._align(tokenizer, pieces, batch["features"][i], batch["audios"][i], start, end)
+
+        return transcribe_windows(
+            chunks,
+            decode=decode,
+            batches=lambda windows: self._batches(windows, chunks, language),
+            tokenizer=lambda lang: self._tokenizer(lang, task),
+            prompt=prompt,
+            without_prompt=lambda audios: self._decode_audio(audios, language, task, None)[0],
+            timed=timed if words else None,
+        )
 
     def _align(
-        self, tokenizer: Any, pieces: list[tuple[Segment, list[int]]], features: Any, audio: np.ndarray, start: float, end: float
+        self, tokenizer: Any, pieces: Pieces, features: Any, audio: np.ndarray, start: float, end: float
     ) -> list[Segment]:
         """The window's segments with their words timed (see ``words``), with the threads the
         batch's decoding had."""
@@ -340,34 +315,3 @@ class OpenAIWhisperEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing a cache is best effort
             pass
-
-
-_WORD = re.compile(r"\w+")
-
-
-class _Echo:
-    """Whether a segment only repeats the prompt: Whisper, given a prompt, sometimes writes it
-    out over noise or a word or two of speech. Such a segment is a run of at least three of the
-    prompt's words in its order (all of them, for a shorter prompt), and nothing else, case and
-    punctuation aside. A one-word prompt is never taken for an echo: that word alone may well
-    have been said."""
-
-    def __init__(self, prompt: str | None) -> None:
-        self.words = _WORD.findall(prompt.lower()) if isinstance(prompt, str) else []
-        self.least = min(3, len(self.words))
-
-    def __call__(self, text: str) -> bool:
-        said = _WORD.findall(text.lower())
-        if len(self.words) < 2 or len(said) < self.least:
-            return False
-        n = len(said)
-        return any(self.words[i : i + n] == said for i in range(len(self.words) - n + 1))
-
-
-def _untimed(r: Any, samples: int, begin: int) -> bool:
-    """A window of speech worth going on from (MIN_SKIPPED_SECONDS and more) decoded as text
-    with no timestamp after the opening one: where its text ends in the audio is not known.
-    ``begin``: the vocabulary's first timestamp token."""
-    if samples < MIN_SKIPPED_SECONDS * SAMPLE_RATE or is_silence(r) or not r.tokens:
-        return False
-    return sum(1 for t in r.tokens if t >= begin) <= 1

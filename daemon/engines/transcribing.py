@@ -4,8 +4,8 @@ again warmer, and a window the model left unfinished is decoded again from where
 
 The backends (openai-whisper on torch, mlx-whisper on MLX) differ below this: how a batch
 of windows is encoded and decoded. They hand in their decoding as functions, and get back
-the same segments, with times in seconds into the whole file. (openai-whisper runs a loop of
-its own, ``transcribe_windows`` with a prompt and word timings besides; the rest it shares.) Nothing here imports
+the same segments, with times in seconds into the whole file. (openai-whisper also hands in its
+prompt, decoding without it, and word timings.) Nothing here imports
 torch, MLX or whisper; a decoded window is anything with whisper's ``DecodingResult``
 fields (``tokens``, ``language``, ``avg_logprob``, ``no_speech_prob``, ``compression_ratio``)
 and a tokenizer anything with whisper's ``Tokenizer`` attributes.
@@ -13,6 +13,7 @@ and a tokenizer anything with whisper's ``Tokenizer`` attributes.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -71,12 +72,18 @@ def with_fallback(count: int, decode: Callable[[list[int], float], Sequence[Any]
     return results
 
 
+Pieces = list[tuple[Segment, list[int]]]  # a window's segments, each with its text tokens
+
+
 def transcribe_windows(
     chunks: Sequence[Chunk],
     *,
     decode: Callable[[list[np.ndarray]], Sequence[Any]],
     batches: Callable[[list[Window]], Iterable[list[Window]]],
     tokenizer: Callable[[str | None], Any],
+    prompt: str | None = None,
+    without_prompt: Callable[[list[np.ndarray]], Sequence[Any]] | None = None,
+    timed: Callable[[int, Any, Pieces, float, float], list[Segment]] | None = None,
 ) -> list[ChunkResult]:
     """Each chunk is one window, batched with the others; where the model stops with speech
     left (whisper.transcribe would go on from its last timestamp), the rest of the chunk is
@@ -85,7 +92,14 @@ def transcribe_windows(
     ``decode(audios)`` decodes windows (each the audio from a point of its chunk to its end)
     and returns their results in order, fallbacks included; ``batches(windows)`` splits
     windows into what the backend decodes together; ``tokenizer(language)`` reads a window's
-    tokens."""
+    tokens.
+
+    ``prompt``: the text ``decode`` gives the decoder before every window, if any. A segment
+    that only repeats it is dropped (``Echo``), and the windows it left untimed (``untimed``)
+    are decoded again by ``without_prompt(audios)``. ``timed(i, tokenizer, pieces, start,
+    end)``: the segments of the ``i``-th window of the batch ``decode`` was last given, with
+    their words timed."""
+    echo = Echo(prompt)
     found: list[list[Segment]] = [[] for _ in chunks]
     languages: list[str | None] = [None] * len(chunks)
     windows: list[Window] = [(slot, 0) for slot in range(len(chunks))]
@@ -93,21 +107,65 @@ def transcribe_windows(
         final = turn == MAX_WINDOWS_PER_CHUNK - 1
         rest: list[Window] = []
         for batch in batches(windows):
-            results = decode([chunks[slot].audio[offset:] for slot, offset in batch])
-            for (slot, offset), r in zip(batch, results):
+            audios = [chunks[slot].audio[offset:] for slot, offset in batch]
+            results = list(decode(audios))
+            if prompt and without_prompt is not None:
+                # A prompt sometimes leads the model to write a long window as one run of text
+                # with no timestamp after the first, and to stop mid-window: with no timestamp
+                # to go on from, the rest of its speech would be lost. Those windows are
+                # decoded again without the prompt.
+                begin = tokenizer(None).timestamp_begin
+                lost = [i for i, r in enumerate(results) if untimed(r, len(audios[i]), begin)]
+                if lost:
+                    for i, r in zip(lost, without_prompt([audios[i] for i in lost])):
+                        results[i] = r
+            for i, ((slot, offset), r) in enumerate(zip(batch, results)):
                 chunk = chunks[slot]
                 languages[slot] = languages[slot] or r.language
                 if is_silence(r):
                     continue
                 start = chunk.start + offset / SAMPLE_RATE
-                segments, resume = parse_window(r.tokens, tokenizer(r.language), start, chunk.end, final=final)
-                found[slot].extend(segments)
+                tok = tokenizer(r.language)
+                pieces, resume = window_pieces(r.tokens, tok, start, chunk.end, final=final)
+                pieces = [(s, t) for s, t in pieces if not echo(s.text)]
+                found[slot].extend(timed(i, tok, pieces, start, chunk.end) if timed else [s for s, _ in pieces])
                 if resume is not None:
                     rest.append((slot, offset + round(resume * SAMPLE_RATE)))
         windows = rest
         if not windows:
             break
     return [ChunkResult(c.index, c.start, c.end, tuple(found[slot]), languages[slot]) for slot, c in enumerate(chunks)]
+
+
+_WORD = re.compile(r"\w+")
+
+
+class Echo:
+    """Whether a segment only repeats the prompt: Whisper, given a prompt, sometimes writes it
+    out over noise or a word or two of speech. Such a segment is a run of at least three of the
+    prompt's words in its order (all of them, for a shorter prompt), and nothing else, case and
+    punctuation aside. A one-word prompt (or none) is never taken for an echo: that word alone
+    may well have been said."""
+
+    def __init__(self, prompt: str | None) -> None:
+        self.words = _WORD.findall(prompt.lower()) if isinstance(prompt, str) else []
+        self.least = min(3, len(self.words))
+
+    def __call__(self, text: str) -> bool:
+        said = _WORD.findall(text.lower())
+        if len(self.words) < 2 or len(said) < self.least:
+            return False
+        n = len(said)
+        return any(self.words[i : i + n] == said for i in range(len(self.words) - n + 1))
+
+
+def untimed(r: Any, samples: int, begin: int) -> bool:
+    """A window of speech worth going on from (MIN_SKIPPED_SECONDS and more) decoded as text
+    with no timestamp after the opening one: where its text ends in the audio is not known.
+    ``begin``: the vocabulary's first timestamp token."""
+    if samples < MIN_SKIPPED_SECONDS * SAMPLE_RATE or is_silence(r) or not r.tokens:
+        return False
+    return sum(1 for t in r.tokens if t >= begin) <= 1
 
 
 def batched(windows: list[Window], chunks: Sequence[Chunk], limit: float, share: Callable[[float], float]) -> Iterator[list[Window]]:
