@@ -489,7 +489,7 @@ def test_finished_items_leaving_the_batch_change_no_token(engine, talk, step):
     options = whisper.DecodingOptions(language="en", temperature=0.0, fp16=False)
     with torch.inference_mode():
         features = engine.encoder.features(windows)
-        task = shrinking.ShrinkingDecodingTask(engine.model, options)
+        task = shrinking.ShrinkingDecodingTask(engine.model, options, cpu=engine.cpu)
         assert isinstance(task.inference, shrinking.CpuInference)
         if step == "whisper":
             task.inference = PyTorchInference(engine.model, len(task.initial_tokens))
