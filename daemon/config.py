@@ -45,7 +45,7 @@ class ModelConfig:
     idle_unload_minutes: float = 10.0
     engine: str = "auto"
     cache_dir: Path | None = None  # where converted checkpoints go; default under state_dir
-    fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see openai_whisper
+    fit_windows: bool = True  # CPU: encode a short chunk in a window cut to its length; see engines/torch_features
     fake_crash_on: str | None = None  # engine "fake" (a test double) only: abort the worker on files matching this glob
     fake_seconds_per_batch: float = 0.0  # engine "fake" only: how long each batch takes, as a real model's would
 

@@ -66,10 +66,9 @@ class OpenAIWhisperEngine:
         self.model = loaded.model
         self.cpu = loaded.cpu  # how the CPU steps compute: matrix products, bfloat16
         device, precision = loaded.device, loaded.precision
-        # the padding of fit windows is masked by the CPU's greedy token step only
-        self.fit_windows = fit_windows and device == "cpu"
         self.info = EngineInfo("openai-whisper", name or str(checkpoint), device, precision)
-        self.encoder = Encoder(self.model, device, precision, fit_windows=self.fit_windows)
+        # the padding of fit windows is masked by the CPU's greedy token step only
+        self.encoder = Encoder(self.model, device, precision, fit_windows=fit_windows and device == "cpu")
         self._tokenizers: dict[tuple[str | None, str], Any] = {}
         self._tokenizer(None, "transcribe")  # loads the vocabulary once, now
         self._prompts_seen: set[str] = set()  # prompts whose length was checked (and said, if too long)
@@ -121,7 +120,7 @@ class OpenAIWhisperEngine:
         Best effort: a failure here leaves the work to ``transcribe``, which reports it."""
         if not self.model.is_multilingual:
             language = "en"
-        if not self.fit_windows or language is None or self.info.device != "cpu":
+        if not self.encoder.fit_windows or language is None or self.info.device != "cpu":
             return
         if self.encoder.has(chunk.audio):
             return  # encoded already, to detect its file's language
@@ -291,7 +290,8 @@ class OpenAIWhisperEngine:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})
         self.model = torch_load.to_cpu(self.model)
         self.info = EngineInfo(self.info.name, self.info.model, "cpu", "fp32")
-        self.encoder = Encoder(self.model, "cpu", "fp32", fit_windows=self.fit_windows)  # it sets nothing aside off the CPU
+        # a new one: it sets nothing aside off the CPU, and fit windows stay as they were (off)
+        self.encoder = Encoder(self.model, "cpu", "fp32", fit_windows=self.encoder.fit_windows)
 
     def memory_bytes(self) -> int | None:
         """torch's own figure for the GPU: the memory its tensors hold there."""
