@@ -387,6 +387,8 @@ class Queue:
                     lease_expires=now + lease_seconds,
                     # past the place where a worker died holding it, alone: no longer a suspect
                     suspect_until=case((jobs.c.suspect_until <= checkpoint.offset, None), else_=jobs.c.suspect_until),
+                    # strikes count tries that got no further: one that did starts the count again
+                    strikes=case((jobs.c.offset < checkpoint.offset, 0), else_=jobs.c.strikes),
                 )
             )
         return res.rowcount == 1
@@ -486,12 +488,15 @@ class Queue:
     ) -> list[Job]:
         """The jobs a worker process held when it ended go back to the queue.
 
-        ``died``: it ended abnormally while whisperd lived, which is evidence against the files
-        it held. With one file, that file gets a strike, unless its work moved on since it was
-        claimed (a long file killed now and then still finishes). With several, none does: each
-        becomes a suspect and runs alone (``claim``) until it gets past the place where the worker
-        was (``reached``: the stretch of each file the worker had taken into the model), so that
-        only a file that kills the worker on its own collects strikes."""
+        ``died``: it ended abnormally while whisperd lived, which may be the file's doing, or not
+        (a kill from outside, the out-of-memory killer taking the largest process). Such a death
+        alone is never a strike: each file the worker held becomes a suspect and runs alone
+        (``claim``), a chunk at a time, until it gets past the place where the worker was
+        (``reached``: the stretch of each file the worker had taken into the model). Only a
+        worker that dies with a suspect alone, before that run saved any progress, is evidence
+        against the file: a strike, counted until the file gets further (``save_checkpoint``).
+        A file that kills the worker by itself dies in the same chunk every time and collects its
+        strikes; a good file killed at random moments almost always gets a chunk further."""
         cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_owner == owner)
         cause = Cause.WORKER_DIED if died else Cause.WORKER_EXITED
         with self._write() as conn:
@@ -506,7 +511,9 @@ class Queue:
         for row in rows:
             offset = row["offset"] or 0.0
             where = (reached or {}).get(row["id"])
-            strike = evidence and len(rows) == 1 and offset <= (row["claim_offset"] or 0.0)
+            # alone (a suspect runs alone), a chunk at a time, and no further than when claimed
+            strike = (evidence and len(rows) == 1 and row["suspect_until"] is not None
+                      and offset <= (row["claim_offset"] or 0.0))
             record = Interruption(cause, now, offset, where, detail, strike)
             history = list(_interruptions(row["interruptions"]))[-(KEEP_INTERRUPTIONS - 1):] + [record]
             values: dict[str, Any] = dict(

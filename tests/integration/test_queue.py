@@ -112,23 +112,32 @@ def test_leases_of_a_previous_daemon_go_back_at_start_up_with_no_strike(queue):
     assert queue.get(held.id).state is State.RUNNING
 
 
-def test_a_worker_that_dies_alone_with_a_file_strikes_it_unless_it_got_further(queue):
+def test_a_worker_that_dies_with_one_file_suspects_it_and_strikes_it_only_where_it_died_again(queue):
     add(queue, "a.wav")
     job = queue.claim("w", now=0, lease_seconds=60)
     back = queue.abandoned("w", now=1, died=True, detail="killed by signal SIGSEGV", reached={job.id: (0.0, 24.0)})
-    assert [(j.strikes, j.suspect_until) for j in back] == [(1, 24.0)]
+    # a death with a batch in the model places the crash no closer than the batch: no strike yet
+    assert [(j.strikes, j.suspect_until) for j in back] == [(0, 24.0)]
     (crash,) = back[0].interruptions
-    assert (crash.cause, crash.reached, crash.detail, crash.strike) == (Cause.WORKER_DIED, (0.0, 24.0), "killed by signal SIGSEGV", True)
-    # claimed again, it gets past its first chunk, then its worker dies further on: no strike
-    job = queue.claim("w2", now=2, lease_seconds=60)
-    queue.save_checkpoint(job.id, "w2", Checkpoint(offset=24.0, chunks_done=1), duration=600, now=3, lease_seconds=60)
+    assert (crash.cause, crash.reached, crash.detail, crash.strike) == (Cause.WORKER_DIED, (0.0, 24.0), "killed by signal SIGSEGV", False)
+    # alone, a chunk at a time, it dies again in its first chunk: a strike
+    job = queue.claim("w1", now=2, lease_seconds=60)
+    (back,) = queue.abandoned("w1", now=3, died=True, detail="killed by signal SIGSEGV", reached={job.id: (0.0, 8.0)})
+    assert (back.strikes, back.suspect_until, back.interruptions[-1].strike) == (1, 24.0, True)
+    # claimed again, it gets past its first chunk, then its worker dies further on: no strike, and
+    # the strike before counts no more (it got further)
+    job = queue.claim("w2", now=4, lease_seconds=60)
+    queue.save_checkpoint(job.id, "w2", Checkpoint(offset=8.0, chunks_done=1), duration=600, now=5, lease_seconds=60)
+    assert queue.get(job.id).strikes == 0 and queue.get(job.id).suspect_until == 24.0
+    (back,) = queue.abandoned("w2", now=6, died=True, reached={job.id: (8.0, 16.0)})
+    assert back.strikes == 0 and back.suspect_until == 24.0 and not back.interruptions[-1].strike
+    # past the stretch: no longer a suspect
+    job = queue.claim("w3", now=7, lease_seconds=60)
+    queue.save_checkpoint(job.id, "w3", Checkpoint(offset=24.0, chunks_done=3), duration=600, now=8, lease_seconds=60)
     assert queue.get(job.id).suspect_until is None
-    (back,) = queue.abandoned("w2", now=4, died=True, reached={job.id: (24.0, 48.0)})
-    assert back.strikes == 1 and back.suspect_until == 48.0 and not back.interruptions[-1].strike
     # a worker that ended of itself (exit code 0) still holding a job: nothing against the file
-    job = queue.claim("w3", now=5, lease_seconds=60)
-    (back,) = queue.abandoned("w3", now=6, died=False)
-    assert back.strikes == 1 and back.interruptions[-1].cause is Cause.WORKER_EXITED
+    (back,) = queue.abandoned("w3", now=9, died=False)
+    assert back.strikes == 0 and back.interruptions[-1].cause is Cause.WORKER_EXITED and back.suspect_until is None
 
 
 def test_a_worker_that_dies_with_several_files_strikes_none_and_each_then_runs_alone(queue):
