@@ -57,12 +57,11 @@ def pid_alive(pid: int) -> bool:
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
-    def __init__(self, name: str, config: Config, log_queue: Any, *, verbose: bool = False,
+    def __init__(self, name: str, config: Config, *, verbose: bool = False,
                  volumes: dict[str, int] | None = None) -> None:
         self.name = name
         self.volumes = dict(volumes or {})  # inbox → the device it was on
         self.config = config
-        self.log_queue = log_queue
         self.verbose = verbose
         self.proc: Any = None
         self.conn: Connection | None = None
@@ -74,6 +73,7 @@ class WorkerProcess:
         self.started_at = 0.0
         self.faults: list[Fault] = []  # reported by the child, not yet taken by the daemon
         self.engine: dict[str, Any] | None = None  # the child's loaded engine (see engine_status)
+        self._outcomes: list[Outcome] = []  # read while waiting for the child to stop, not yet taken
 
     @property
     def alive(self) -> bool:
@@ -85,7 +85,7 @@ class WorkerProcess:
     def start(self) -> None:
         parent, child = _ctx.Pipe(duplex=True)
         self.proc = _ctx.Process(
-            target=child_main, name=self.name, args=(self.config, self.name, child, self.log_queue, self.verbose, self.volumes),
+            target=child_main, name=self.name, args=(self.config, self.name, child, self.verbose, self.volumes),
             daemon=False
         )
         self.proc.start()
@@ -114,13 +114,15 @@ class WorkerProcess:
 
     def poll(self) -> list[Outcome]:
         """Read what the child said since the last poll."""
-        outcomes: list[Outcome] = []
+        outcomes, self._outcomes = self._outcomes, []
         if self.conn is None:
             return outcomes
         try:
             while self.conn.poll():
                 msg = self.conn.recv()
-                if msg[0] == "status":
+                if msg[0] == "log":
+                    _write(msg[1])
+                elif msg[0] == "status":
                     self.busy, self.jobs = msg[1], list(msg[2])
                 elif msg[0] == "owner":
                     self.owner = msg[1]
@@ -163,7 +165,10 @@ class WorkerProcess:
         if self.proc is None:
             return
         self.send("stop")
-        self.proc.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.proc.is_alive() and time.monotonic() < deadline:
+            self._outcomes = self.poll()  # its last records and outcomes, so that it never waits on a full pipe
+            self.proc.join(0.05)
         if self.proc.is_alive():
             log.warning("worker %s did not stop in %.0f s; terminating it", self.name, timeout, extra={"action": "worker.kill"})
             self.proc.kill()
@@ -258,16 +263,17 @@ def engine_status(engine: Any) -> dict[str, Any]:
             "note": info.note, "gpu_memory_bytes": gpu}
 
 
-def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verbose: bool,
+def child_main(config: Config, name: str, conn: Connection, verbose: bool,
                volumes: dict[str, int] | None = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     stop = threading.Event()
     wake = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
+    link = _Link(conn, stop, wake)
 
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.handlers[:] = [_LinkHandler(link)]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("numba", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -279,7 +285,6 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
 
     hardware.short_openmp_spin()  # before anything in this process loads torch
 
-    link = _Link(conn, stop, wake)
     owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
     link.send(("owner", owner))
     queue = Queue(config.database, busy_timeout=config.jobs.database_wait_seconds)
@@ -319,23 +324,18 @@ def child_main(config: Config, name: str, conn: Connection, log_queue: Any, verb
     finally:
         worker.shutdown("whisperd is stopping" if stop.is_set() else "idle")
         link.status(False, [])
+        logging.getLogger().handlers[:] = []
         queue.close()
-        conn.close()
-    _leave(log_queue)
+        conn.close()  # every record and outcome sent is in the pipe
+    _leave()
 
 
-def _leave(log_queue: Any) -> NoReturn:
+def _leave() -> NoReturn:
     """End the worker once its jobs are handed back, the queue closed and its log records
     sent. An ordinary interpreter exit would spend most of a second tearing down torch's
     modules and freeing the model piece by piece (docs/decisions.md), while the
     daemon waits to stop; the system takes all of the memory back at once anyway. Only the
     normal way out comes here: an exception still ends the process as a crash would."""
-    logging.getLogger().handlers[:] = []
-    try:
-        log_queue.close()
-        log_queue.join_thread()  # every record this process put is in the pipe
-    except (OSError, ValueError, AttributeError):
-        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -344,12 +344,22 @@ def _leave(log_queue: Any) -> NoReturn:
     os._exit(0)
 
 
-def log_listener(log_queue: Any) -> logging.handlers.QueueListener:
-    """Write the workers' records with the parent's handlers (one log file, one writer)."""
-    listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers, respect_handler_level=True)
-    listener.start()
-    return listener
+class _LinkHandler(logging.handlers.QueueHandler):
+    """A worker's log records, sent to the daemon over the worker's own pipe, which the daemon
+    writes with its handlers (one log file, one writer). Not a multiprocessing queue shared by
+    the workers: a worker killed while it held that queue's lock would leave it held, and the
+    next worker would wait on it forever at its first line of log."""
+
+    def __init__(self, link: "_Link") -> None:
+        logging.Handler.__init__(self)
+        self.link = link
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.link.send(("log", record))
 
 
-def new_log_queue() -> Any:
-    return _ctx.Queue()
+def _write(record: logging.LogRecord) -> None:
+    """A worker's record, through the daemon's handlers at their own levels."""
+    for handler in logging.getLogger().handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)

@@ -31,7 +31,7 @@ from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
 from daemon.queue import Queue
 from daemon.watcher import Found, Settled, Settler, Watcher, locate, scan
-from daemon.procs import WorkerProcess, log_listener, new_log_queue, pid_alive
+from daemon.procs import WorkerProcess, pid_alive
 
 log = logging.getLogger("whisperd.service")
 
@@ -189,15 +189,10 @@ class Service:
         self._ignore_windows = ignore_windows
         with InstanceLock(self.config.state_dir):
             self.queue = Queue(self.config.database, busy_timeout=self.config.jobs.database_wait_seconds)
-            log_queue = new_log_queue()
-            listener = log_listener(log_queue)
-            self._log_queue = log_queue
             try:
                 return self._run(drain)
             finally:
                 self.queue.close()
-                listener.stop()
-                log_queue.close()
 
     def _run(self, drain: bool) -> int:
         assert self.queue is not None
@@ -294,7 +289,7 @@ class Service:
     def _start_workers(self) -> None:
         """Handles only; a worker process starts when there is work it may do."""
         self.workers = [
-            WorkerProcess(f"w{i}", self.config, self._log_queue, verbose=self.verbose, volumes=self._volumes)
+            WorkerProcess(f"w{i}", self.config, verbose=self.verbose, volumes=self._volumes)
             for i in range(self.config.schedule.max_concurrency)
         ]
 

@@ -138,7 +138,6 @@ def test_the_service_says_why_once_in_a_banner_and_in_its_status_and_a_reload_tr
         service._decide()
         assert banners == [fault.reason]
         assert service._status["reason"] == fault.reason and service.decision.pause_running
-        service._log_queue = None  # no worker process is started here: handles only
         service._reload(None)  # the same configuration, reloaded: the model is tried again
         service._decide()
         assert service._status["reason"] is None and service._status["faults"] == []
