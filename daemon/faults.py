@@ -11,6 +11,7 @@ banner, and looks again on a growing interval (``Faults``) until the cause is go
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -83,6 +84,49 @@ def database_fault(detail: str) -> Fault:
 def inbox_fault(index: int, inbox: Path) -> Fault:
     return Fault(f"inbox:{index}", f"paused: the inbox {inbox} is not there (is its disk connected?); its files wait "
                                    "and go on from where they were when it is back", inbox=index, path=str(inbox))
+
+
+KNOWN_FOLDERS_FILE = "folders.json"
+
+
+def missing_folder_fault(index: int, folder: Path, is_inbox: bool) -> Fault:
+    """A configured folder that was there before and is gone now: its disk is away (or it was
+    removed). It is not made again, which on an unplugged disk's mount point would put it on
+    the Mac's own disk: the work it concerns waits until it is back."""
+    if is_inbox:
+        return inbox_fault(index, folder)
+    return Fault(f"folder:{folder}", f"paused: {folder} is not there (is its disk connected?); "
+                                     "whisperd goes on by itself when it can write there again", path=str(folder))
+
+
+class KnownFolders:
+    """The configured folders whisperd has seen, kept in the state folder: one that was there
+    before and is missing now is a disk away, not a folder to create."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            self.seen: set[str] = set(json.loads((state_dir / KNOWN_FOLDERS_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            self.seen = set()
+        self._before = set(self.seen)
+
+    def __contains__(self, folder: Path) -> bool:
+        return str(folder) in self.seen
+
+    def add(self, folder: Path) -> None:
+        self.seen.add(str(folder))
+
+    def save(self) -> None:
+        if self.seen == self._before:
+            return
+        from daemon.files import write_atomic
+
+        try:
+            write_atomic(self.state_dir, KNOWN_FOLDERS_FILE, json.dumps(sorted(self.seen), indent=1).encode(), replace=True)
+            self._before = set(self.seen)
+        except OSError as exc:
+            log.warning("could not note the folders seen (%s)", exc, extra={"action": "folders.note"})
 
 
 def volume_of(inbox: Path) -> int | None:

@@ -26,7 +26,9 @@ from daemon import files
 from daemon.config import Config
 from daemon.errors import ConfigError, WhisperdError
 from daemon.extras import speakers_installed
-from daemon.faults import Fault, Faults, MachineFault, inbox_present, volume_of, writable
+from daemon.faults import (
+    Fault, Faults, KnownFolders, MachineFault, inbox_present, missing_folder_fault, volume_of, writable,
+)
 from daemon.jobs import Outcome, Permission, State
 from daemon.offthread import OffThread
 from daemon.queue import Queue
@@ -149,6 +151,7 @@ class Service:
         # scans and content hashes: a stalled disk blocks one of these threads, never the loop
         self.reads = OffThread(on_done=self.flags.wake.set, monotonic=monotonic)
         self._hashing: dict[str, Settled] = {}
+        self._watcher: Watcher | None = None
         self._volumes: dict[str, int] = {}  # inbox → the device it was on: an unplugged disk is told from a deleted file
         self.faults = Faults(monotonic=monotonic, clock=clock)  # faults of the machine holding work back
         self._announced: set[str] = set()  # faults a banner told of, not told again until work went on
@@ -203,6 +206,7 @@ class Service:
         if not drain:
             watcher = Watcher([f.inbox for f in self.config.folders], self._on_event)
             watcher.start()
+            self._watcher = watcher
             timers = self._start_clock()
         self._start_workers()
         log.info(
@@ -212,7 +216,7 @@ class Service:
         try:
             while not self.flags.stop.is_set():
                 if self.flags.reload:
-                    watcher = self._reload(watcher)
+                    watcher = self._watcher = self._reload(watcher)
                 self._tick()
                 if drain and self._drained():
                     break
@@ -255,8 +259,15 @@ class Service:
         assert self.queue is not None
         from daemon.platform import check_folder_access
 
-        for folder in self.config.folders:
+        known = KnownFolders(self.config.state_dir)
+        for i, folder in enumerate(self.config.folders):
             for d in (folder.inbox, folder.output, folder.archive, folder.failed):
+                if not d.is_dir() and d in known:
+                    # there before, gone now: its disk is away; made again, it would land on the Mac's own disk
+                    log.warning("%s was there before and is not now (is its disk connected?); it is not created "
+                                "again, and its work waits for it", d, extra={"action": "folder.gone", "path": str(d)})
+                    self._fault(missing_folder_fault(i, d, d == folder.inbox))
+                    continue
                 try:
                     d.mkdir(parents=True, exist_ok=True)
                 except OSError:
@@ -264,8 +275,12 @@ class Service:
                 problem = check_folder_access(d)
                 if problem is not None:
                     log.error("%s", problem, extra={"action": "folder.access", "path": str(d)})
+                elif d.is_dir():
+                    known.add(d)
             for d in (folder.output, folder.archive, folder.failed):
-                files.sweep_temps(d)
+                if d.is_dir():
+                    files.sweep_temps(d)
+        known.save()
         self._note_volumes()
         alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
         self.queue.recover(now=self.clock(), owners_alive=alive)
@@ -397,6 +412,10 @@ class Service:
     def _resume(self, key: str) -> None:
         if self.faults.clear(key) is None:
             return
+        if key.startswith("inbox:"):  # its disk is back: watch it again, and look at what waits there now
+            if self._watcher is not None:
+                self._watcher.watch_missing()
+            self._rescan_due = True
         for w in self.workers:
             w.send("resume")
         self.flags.wake.set()

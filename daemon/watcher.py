@@ -198,12 +198,26 @@ class Watcher:
         self.inboxes = list(inboxes)
         self.notify = notify
         self.observer = Observer()
+        self._handler = _Handler(notify)
+        self._watched: set[Path] = set()
 
     def start(self) -> None:
-        handler = _Handler(self.notify)
-        for inbox in self.inboxes:
-            self.observer.schedule(handler, str(inbox), recursive=True)
         self.observer.start()
+        self.watch_missing()
+
+    def watch_missing(self) -> None:
+        """Watch each inbox not watched yet. One that is not there (its disk away) is left to the
+        rescans, and watched once it is back (the daemon calls this when it is)."""
+        for inbox in self.inboxes:
+            if inbox in self._watched:
+                continue
+            try:
+                self.observer.schedule(self._handler, str(inbox), recursive=True)
+            except OSError as exc:
+                log.warning("not watching %s for now (%s); it is looked at again when it is back", inbox,
+                            exc.strerror or exc, extra={"action": "watch.missing", "path": str(inbox)})
+                continue
+            self._watched.add(inbox)
 
     def stop(self) -> None:
         self.observer.stop()

@@ -209,3 +209,29 @@ def test_an_inbox_disk_unplugged_mid_job_holds_the_job_with_its_place_and_it_goe
     finally:
         subprocess.run(["umount", "-l", str(tree.inbox)], capture_output=True)
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.timeout(180)
+def test_an_inbox_whose_disk_is_away_at_start_is_not_made_again_and_its_files_go_on_when_back(tree):
+    """whisperd saw the inbox once; at its next start the disk is away. Making the folder again
+    would put it on the Mac's own disk (under an empty mount point): it waits for it instead."""
+    fake_engine(tree)
+    first = tree.run("run", "--drain", timeout=60)  # the folders as they were: seen
+    assert first.returncode == 0, first.stderr
+    away = tree.root / "unplugged"
+    tree.inbox.rename(away)
+    proc = tree.popen("run")
+    try:
+        daemon = wait_for(paused(tree, "is not there"), timeout=60, proc=proc, what="the pause for the inbox")
+        assert str(tree.inbox) in daemon["reason"]
+        assert not tree.inbox.exists()
+        shutil.copy(speech.DATA / CLIP, away / "memo.flac")
+        away.rename(tree.inbox)  # plugged in again, with a recording on it
+        wait_for(lambda: (job(tree, "memo.flac") or {}).get("state") == "done", timeout=120, proc=proc,
+                 what="the file on the disk that came back done")
+        assert status(tree)["daemon"]["faults"] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert "was there before and is not now" in out, out[-3000:]
+    assert (tree.outbox / "memo.txt").read_text().strip() and tree.files(tree.archive) == ["memo.flac"]
