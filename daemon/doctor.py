@@ -108,9 +108,7 @@ def planned_device(model: ModelConfig, torch: Any, engine: str | None = None) ->
         from daemon.engines.hardware import cpu_has_bf16, pick_precision
 
         native = engine == "openai-whisper" and _available(lambda: cpu_has_bf16(torch))
-        # openai-whisper's English-only models are named *.en; the rest are multilingual
-        multilingual = not model.name.endswith(".en")
-        precision = pick_precision(device, precision, bf16=lambda: native, multilingual=multilingual)
+        precision = pick_precision(device, precision, bf16=lambda: native)
     return device, precision, cuda, mps
 
 

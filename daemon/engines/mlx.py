@@ -29,12 +29,12 @@ from mlx_whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingT
 from mlx_whisper.load_models import load_model
 from mlx_whisper.tokenizer import get_tokenizer
 
-from daemon.audio import Chunk
+from daemon.audio import SAMPLE_RATE, Chunk
 from daemon.engines.base import ChunkResult, EngineInfo
 from daemon.engines.mlx_convert import mlx_folder
 from daemon.engines.models import whisper_cache_dir
 from daemon.engines.transcribing import (
-    LEAVE_SHARE, MEL_PAD_SAMPLES, SAMPLING_SEED, batched, compact, transcribe_windows, with_fallback,
+    LEAVE_SHARE, MEL_PAD_SAMPLES, SAMPLING_SEED, batched, compact, token_limit, transcribe_windows, with_fallback,
 )
 from daemon.errors import ModelError
 
@@ -187,26 +187,32 @@ class MlxEngine:
     def _decode_audio(self, windows: Sequence[np.ndarray], language: str | None, task: str, prompt: str | None = None) -> list[Any]:
         """Encode a batch of windows once, decode it with fallback; MLX's buffer cache is
         emptied after the batch."""
+        limit = token_limit(max(len(w) for w in windows) / SAMPLE_RATE, self.model.dims.n_text_ctx // 2)
         try:
             features = self.model.encoder(self._mel(windows))
             mx.eval(features)
 
             def decode(rows: list[int], temperature: float) -> list[Any]:
                 part = features if len(rows) == features.shape[0] else features[mx.array(rows)]
-                return self._decode(part, temperature, language, task, prompt)
+                return self._decode(part, temperature, language, task, prompt, limit)
 
             return with_fallback(len(windows), decode)
         finally:
             features = None
             mx.clear_cache()
 
-    def _decode(self, features: Any, temperature: float, language: str | None, task: str, prompt: str | None = None) -> list[Any]:
+    def _decode(
+        self, features: Any, temperature: float, language: str | None, task: str, prompt: str | None = None,
+        sample_len: int | None = None,
+    ) -> list[Any]:
         fp16 = self.dtype == mx.float16
         if temperature == 0:
-            options = DecodingOptions(task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt)
+            options = DecodingOptions(task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt,
+                                      sample_len=sample_len)
             return ShrinkingTask(self.model, options).run(features)
         # sampling: each window alone and seeded, so that its text depends on it alone
-        options = DecodingOptions(task=task, language=language, temperature=temperature, best_of=BEST_OF, fp16=fp16, prompt=prompt)
+        options = DecodingOptions(task=task, language=language, temperature=temperature, best_of=BEST_OF, fp16=fp16, prompt=prompt,
+                                  sample_len=sample_len)
         out = []
         for i in range(features.shape[0]):
             mx.random.seed(SAMPLING_SEED)

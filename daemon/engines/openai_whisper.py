@@ -25,7 +25,7 @@ from daemon.engines.hardware import short_openmp_spin
 from daemon.engines.threads import FreeCores, reading, torch_threads
 from daemon.engines.torch_decoding import Decoder
 from daemon.engines.torch_features import Encoder
-from daemon.engines.transcribing import Pieces, batched, transcribe_windows
+from daemon.engines.transcribing import Pieces, batched, token_limit, transcribe_windows
 from daemon.jobs import Segment
 
 log = logging.getLogger(__name__)
@@ -251,14 +251,15 @@ class OpenAIWhisperEngine:
         frames = self.encoder.frames(windows, language)
         order = sorted(range(len(windows)), key=frames.__getitem__)
         windows, frames = [windows[i] for i in order], [frames[i] for i in order]
+        limit = token_limit(max(len(w) for w in windows) / SAMPLE_RATE, self.model.dims.n_text_ctx // 2)
         with torch.inference_mode():
             try:
-                decoded, features = self._run(windows, frames, language, task, prompt)
+                decoded, features = self._run(windows, frames, language, task, prompt, limit)
             except (RuntimeError, NotImplementedError) as exc:
                 if self.info.device != "mps":
                     raise
                 self._fall_back_to_cpu(exc)
-                decoded, features = self._run(windows, frames, language, task, prompt)
+                decoded, features = self._run(windows, frames, language, task, prompt, limit)
         results: list[Any] = [None] * len(order)
         kept: list[Any] = [None] * len(order)
         for j, (i, r) in enumerate(zip(order, decoded)):
@@ -268,14 +269,15 @@ class OpenAIWhisperEngine:
         return results, kept
 
     def _run(
-        self, windows: Sequence[np.ndarray], frames: list[int], language: str | None, task: str, prompt: str | None = None
+        self, windows: Sequence[np.ndarray], frames: list[int], language: str | None, task: str, prompt: str | None = None,
+        sample_len: int | None = None,
     ) -> tuple[list[Any], Any]:
         """The decoded windows, and their audio features. The mel spectrograms are let go once encoded, before the decoding's caches
         (the largest part of a batch's memory) are laid out."""
         feature_frames = [n // 2 for n in frames]  # the encoder's second convolution halves them
         if self.info.device != "cpu":
             features = self.encoder.features(windows, frames)
-            return self.decoder.with_fallback(features, language, task, feature_frames, prompt), features
+            return self.decoder.with_fallback(features, language, task, feature_frames, prompt, sample_len), features
         n = self._threads_now()
         if n != self._last_threads:
             log.info("using %d of %d cores: other programs keep the rest busy" if n < self.threads else
@@ -284,7 +286,7 @@ class OpenAIWhisperEngine:
         with torch_threads(n):
             features = self.encoder.features(windows, frames)
         with torch_threads(min(n, self.decode_threads)):
-            return self.decoder.with_fallback(features, language, task, feature_frames, prompt), features
+            return self.decoder.with_fallback(features, language, task, feature_frames, prompt, sample_len), features
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.warning("the GPU could not run the model (%s); using the CPU from now on", exc, extra={"action": "transcribe"})

@@ -21,10 +21,10 @@ class Decoder:
 
     def decode(
         self, features: Any, temperature: float, language: str | None, task: str, frames: list[int] | None = None,
-        prompt: str | None = None,
+        prompt: str | None = None, sample_len: int | None = None,
     ) -> list[Any]:
         """One decoding pass. ``frames``: each item's own number of audio features, when the
-        items are padded to the longest (fit windows)."""
+        items are padded to the longest (fit windows). ``sample_len``: the most tokens to decode."""
         import torch
         import whisper
 
@@ -32,11 +32,12 @@ class Decoder:
         fp16 = self.precision == "fp16"
         if temperature > 0:
             options = whisper.DecodingOptions(
-                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16, prompt=prompt
+                task=task, language=language, temperature=temperature, best_of=5, fp16=fp16, prompt=prompt,
+                sample_len=sample_len,
             )
         else:
             options = whisper.DecodingOptions(
-                task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt
+                task=task, language=language, temperature=0.0, fp16=fp16, prompt=prompt, sample_len=sample_len,
             )
         from daemon.engines import shrinking  # torch and whisper load at first use
 
@@ -53,7 +54,8 @@ class Decoder:
         return shrinking.decode(self.model, features, options, frames, cpu=self.cpu)
 
     def with_fallback(
-        self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None
+        self, features: Any, language: str | None, task: str, frames: list[int], prompt: str | None = None,
+        sample_len: int | None = None,
     ) -> list[Any]:
         """Greedy first; only the items whose text looks wrong are decoded again, at rising
         temperatures, as whisper.transcribe does (``transcribing.with_fallback``). ``frames``: each
@@ -61,6 +63,6 @@ class Decoder:
 
         def decode(todo: list[int], temperature: float) -> list[Any]:
             rows = features if len(todo) == features.shape[0] else features[todo]  # no copy of a whole batch
-            return self.decode(rows, temperature, language, task, [frames[i] for i in todo], prompt)
+            return self.decode(rows, temperature, language, task, [frames[i] for i in todo], prompt, sample_len)
 
         return with_fallback(features.shape[0], decode)

@@ -31,7 +31,10 @@ NO_SPEECH_THRESHOLD = 0.6
 # none is noise, whatever it made up for it ("you", "Thank you."). Real speech scores below 0.1.
 NO_SPEECH_ALONE = 0.9
 SAMPLING_SEED = 0  # fallback sampling is seeded, so the same chunk always gives the same text
-MIN_REST_SECONDS = 1.0  # audio left after the model stopped that is worth another window
+MIN_REST_SECONDS = 1.0  # audio left after the model stopped mid-text that is worth another window
+TOKENS_PER_SECOND = 16  # more than any language is spoken at, timestamps included
+MIN_OPENED_SECONDS = 0.5  # audio left after the model opened a segment and stopped: a last word fits in it
+WORDS_PER_SECOND = 4  # more than anyone says: a short window with more words heard them in noise
 MIN_SKIPPED_SECONDS = 2.0  # audio left after the model closed its last segment that must be speech it skipped
 MAX_WINDOWS_PER_CHUNK = 4  # a chunk is at most 30 s; each window moves on by a segment or more
 MEL_PAD_SAMPLES = 1600  # zeros after a window's audio before its spectrogram: 10 frames, more than the 2.5 a frame spans
@@ -39,6 +42,14 @@ LEAVE_SHARE = 4  # rows whose text ended leave a decoding batch once they are a 
 TIME_STEP = 0.02  # seconds per timestamp token: two mel frames of 160 samples at 16 kHz
 
 Window = tuple[int, int]  # (which chunk of the batch, samples into it)
+
+
+def token_limit(seconds: float, most: int) -> int:
+    """The most tokens worth decoding for a window of ``seconds`` of audio (``most``: whisper's
+    own, half its text context). A short window (the last word of a chunk, decoded again on its
+    own) cannot hold more; without a limit, a window the model starts to hallucinate in would
+    run to ``most`` tokens and every fallback temperature after it."""
+    return min(most, 16 + int(np.ceil(TOKENS_PER_SECOND * seconds)))
 
 
 def needs_fallback(r: Any) -> bool:
@@ -241,12 +252,22 @@ def window_pieces(
     stopped_at_pair = len(tokens) >= 2 and tokens[-1] >= begin and tokens[-2] >= begin
     # A closed last segment means "no more speech" to whisper.transcribe, but a chunk ends
     # where voice activity ends, so seconds of audio after it are speech the model skipped.
-    wants_more = left >= MIN_REST_SECONDS if (stopped_at_pair or current) else left >= MIN_SKIPPED_SECONDS
+    # A window that ends by opening a segment heard more speech: whisper.transcribe goes on from
+    # there however little is left (a chunk's last word is often under a second from its end).
+    if stopped_at_pair:
+        wants_more = left >= MIN_OPENED_SECONDS
+    else:
+        wants_more = left >= MIN_REST_SECONDS if current else left >= MIN_SKIPPED_SECONDS
     if wants_more and not final and last_time > 0:
         resume = last_time  # the unclosed text, if any, is decoded again from there
     elif current:
         pieces.append((seg_start if seg_start is not None else last_time, None, current))
 
+    if end - start < MIN_REST_SECONDS:
+        # a last word decoded on its own: more words than the moment can hold are invented
+        words = sum(len(tokenizer.decode(t).split()) for _, _, t in pieces)
+        if words > 1 + WORDS_PER_SECOND * (end - start):
+            return [], None
     segments: list[tuple[Segment, list[int]]] = []
     floor = start
     for s, e, text_tokens in pieces:
