@@ -99,20 +99,16 @@ def pick_device(
     return "cpu"
 
 
-def pick_precision(
-    device: str, requested: str, *, bf16: Callable[[], bool] = cpu_has_bf16, multilingual: bool = False
-) -> str:
+def pick_precision(device: str, requested: str, *, bf16: Callable[[], bool] = cpu_has_bf16) -> str:
     """``auto`` is fp16 on a GPU; on the CPU, bf16 (the encoder in bfloat16, the decoder in
     fp32) where the CPU multiplies bfloat16 natively (``bf16``: AVX-512 BF16 or AMX), else
-    fp32 (docs/decisions.md has the measurements). A ``multilingual`` model (base) stays in
-    fp32 on the CPU: there its bf16 encoder gave two words more wrong than stock on the dev
-    clips, fp32 none (docs/decisions.md). The CPU never runs fp16 (PyTorch has no fast fp16
-    CPU kernels and mixed dtypes fail); int8 and bf16 are CPU-only modes."""
+    fp32, for every model (docs/decisions.md has the measurements). The CPU never runs fp16
+    (PyTorch has no fast fp16 CPU kernels and mixed dtypes fail); int8 and bf16 are CPU-only modes."""
     requested = (requested or "auto").lower()
     if requested == "auto":
         if device in GPU_DEVICES:
             return "fp16"
-        return "bf16" if device == "cpu" and not multilingual and bf16() else "fp32"
+        return "bf16" if device == "cpu" and bf16() else "fp32"
     if device == "cpu" and requested == "fp16":
         return "fp32"
     if device in GPU_DEVICES and requested in ("int8", "bf16"):

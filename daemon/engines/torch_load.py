@@ -50,7 +50,7 @@ def load(checkpoint: Path | str, *, device: str, precision: str, batch_size: int
 
     device = pick_device(device)
     model = load_checkpoint(checkpoint, cache_dir=cache_dir)
-    precision = pick_precision(device, precision, multilingual=model.is_multilingual)
+    precision = pick_precision(device, precision)
     vocabulary = None
     if precision == "bf16":
         if device == "cpu" and cpu_has_bf16():

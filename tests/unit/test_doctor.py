@@ -122,7 +122,7 @@ def test_torch_present_reports_version():
     [
         (fake_torch(), ModelConfig(), "cpu, fp32", Status.OK),
         (fake_torch(bf16=True), ModelConfig(name="tiny.en"), "cpu, bf16", Status.OK),
-        (fake_torch(bf16=True), ModelConfig(name="base"), "cpu, fp32", Status.OK),  # multilingual: fp32 on a CPU
+        (fake_torch(bf16=True), ModelConfig(name="base"), "cpu, bf16", Status.OK),  # every model alike
         (fake_torch(bf16=True), ModelConfig(engine="faster-whisper"), "cpu, fp32", Status.OK),
         (fake_torch(cuda=True, bf16=True), ModelConfig(), "cuda, fp16", Status.OK),
         (fake_torch(mps=True), ModelConfig(), "mps, fp16", Status.OK),
