@@ -530,13 +530,3 @@ class Queue:
             if new is not None:
                 back.append(_job(new))
         return back
-
-    def forget_missing(self, job_id: int, *, now: float, error: str) -> bool:
-        """Fail a queued job whose file vanished before it started."""
-        with self._write() as conn:
-            res = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == State.QUEUED.value)
-                .values(state=State.FAILED.value, finished_at=now, error=error)
-            )
-        return res.rowcount == 1
