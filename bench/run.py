@@ -107,6 +107,14 @@ class Planned:
     settings: wd.Settings | None = None
 
 
+def _in_repo(path: Path | str) -> str:
+    """A path as the results name it: inside the repository relative to it, never this machine's own."""
+    try:
+        return Path(path).resolve().relative_to(REPO.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _git_head() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -255,7 +263,7 @@ class Bench:
         if ct2 is None:
             raise SystemExit(f"bench: the bundled {self.args.model} is not installed; run `make install`")
         self.ct2_dir = ct2
-        self.out["models"] = {"openai-whisper checkpoint": str(self.checkpoint), "ctranslate2 model": str(ct2)}
+        self.out["models"] = {"openai-whisper checkpoint": _in_repo(self.checkpoint), "ctranslate2 model": _in_repo(ct2)}
 
     def workload(self, w: wl.Workload) -> wl.Workload:
         self.out["workloads"][w.key] = {"title": w.title, "files": len(w.files), "audio_s": w.audio_seconds,
