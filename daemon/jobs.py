@@ -133,6 +133,8 @@ class Cause(str, enum.Enum):
     WORKER_EXITED = "worker-exited"  # its worker process ended of itself (exit code 0) still holding the job
     WORKER_DIED = "worker-died"  # its worker process died while whisperd lived (a signal, a segfault, the
     # out-of-memory killer): evidence against the files it held
+    KILLED = "worker-killed"  # its worker was ended by SIGKILL while the out-of-memory killer did nothing:
+    # someone's kill -9 (Activity Monitor, a script). Nothing against the files it held
     LEASE_EXPIRED = "lease-expired"  # nobody renewed its lease (a worker of another daemon, a long sleep)
 
 

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import psutil
 
+from daemon import platform
 from daemon.config import Config
 from daemon.faults import Fault
 from daemon.jobs import Outcome, Permission
@@ -73,6 +74,7 @@ class WorkerProcess:
         self.started_at = 0.0
         self.faults: list[Fault] = []  # reported by the child, not yet taken by the daemon
         self.engine: dict[str, Any] | None = None  # the child's loaded engine (see engine_status)
+        self.oom_kills_at_start: int | None = None  # the out-of-memory killer's count when it started
         self._outcomes: list[Outcome] = []  # read while waiting for the child to stop, not yet taken
 
     @property
@@ -97,6 +99,7 @@ class WorkerProcess:
         self.owner = None
         self.reached = {}
         self.started_at = time.monotonic()
+        self.oom_kills_at_start = platform.oom_kills()
         log.info("worker %s started (pid %s)", self.name, self.proc.pid, extra={"action": "worker.start"})
 
     def send(self, message: Any) -> None:
@@ -142,6 +145,15 @@ class WorkerProcess:
     def take_faults(self) -> list[Fault]:
         faults, self.faults = self.faults, []
         return faults
+
+    def killed_from_outside(self, code: int) -> bool:
+        """Whether a worker that ended with ``code`` was killed by someone (SIGKILL while the
+        out-of-memory killer did nothing), which says nothing about its files. Where the
+        count is unknown (macOS), a SIGKILL may be the memory's doing, and counts as a crash."""
+        if code != -signal.SIGKILL or self.oom_kills_at_start is None:
+            return False
+        now = platform.oom_kills()
+        return now is not None and now == self.oom_kills_at_start
 
     def reap_if_dead(self) -> int | None:
         """The exit code of a worker that ended since the last look, else None."""

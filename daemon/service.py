@@ -334,8 +334,16 @@ class Service:
             if code is None:
                 continue
             detail = _exit_detail(code)
-            back = self.queue.abandoned(owner, now=self.clock(), died=code != 0, detail=detail, reached=reached) if owner else []
-            if code != 0:
+            killed = w.killed_from_outside(code)
+            back = self.queue.abandoned(owner, now=self.clock(), died=code != 0, detail=detail, reached=reached,
+                                        killed=killed) if owner else []
+            if killed:
+                log.warning(
+                    "worker %s was killed from outside (%s, not by the out-of-memory killer) while working on %d file(s); "
+                    "they go back to the queue, with nothing against them", w.name, detail, len(back),
+                    extra={"action": "worker.killed"},
+                )
+            elif code != 0:
                 strikes = [j for j in back if j.interruptions and j.interruptions[-1].strike]
                 log.error(
                     "worker %s ended unexpectedly (%s) while working on %d file(s); %s", w.name, detail, len(back),

@@ -5,6 +5,7 @@
     check_folder_access  path → AccessProblem | None (on macOS, explains Full Disk Access)
     on_ac_power()        True / False / None (unknown, or no battery: treat as AC)
     idle_seconds()       seconds since the last keyboard/mouse input, or None where unknown
+    oom_kills()          processes the out-of-memory killer ended since boot, or None where unknown
     notify_sender        callable(title, message) -> bool; never raises
 """
 
@@ -41,6 +42,7 @@ else:
 check_folder_access = _impl.check_folder_access
 on_ac_power = _impl.on_ac_power
 idle_seconds = _impl.idle_seconds
+oom_kills = _impl.oom_kills
 
 __all__ = [
     "IS_MACOS",
@@ -52,5 +54,6 @@ __all__ = [
     "keep_awake",
     "notify_sender",
     "on_ac_power",
+    "oom_kills",
     "service_manager",
 ]

@@ -33,6 +33,19 @@ def on_ac_power(sensors_battery: Callable[[], Any] = psutil.sensors_battery) -> 
     return bool(battery.power_plugged)
 
 
+def oom_kills(vmstat: Path = Path("/proc/vmstat")) -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended since boot, or None where
+    unknown: a worker found dead by SIGKILL with this unchanged was killed by someone, not for
+    the memory it took."""
+    try:
+        for line in vmstat.read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def idle_seconds() -> float | None:
     """Not known for a background service on Linux (no portable, session-independent source)."""
     return None

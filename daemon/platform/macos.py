@@ -65,6 +65,12 @@ def on_ac_power(run: Runner = subprocess.run) -> bool | None:
     return parse_pmset_batt(text) if text is not None else None
 
 
+def oom_kills() -> None:
+    """Unknown on macOS (jetsam keeps no count a user process can read): a worker killed by
+    SIGKILL stays evidence against its files, as the out-of-memory kill it may have been."""
+    return None
+
+
 def idle_seconds(run: Runner = subprocess.run) -> float | None:
     text = _output(["ioreg", "-c", "IOHIDSystem"], run)
     return parse_hid_idle(text) if text is not None else None

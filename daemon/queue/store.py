@@ -40,6 +40,7 @@ _REQUEUED = {
     Cause.STOPPED: "whisperd stopped while working on this file; it was picked up again",
     Cause.WORKER_EXITED: "whisperd's worker ended while working on this file; it was picked up again",
     Cause.WORKER_DIED: "whisperd's worker crashed while working on this file; it is tried again on its own",
+    Cause.KILLED: "whisperd's worker was killed from outside while working on this file; it was picked up again",
     Cause.LEASE_EXPIRED: "whisperd lost touch with the worker on this file; it was picked up again",
 }
 
@@ -484,7 +485,8 @@ class Queue:
         return back
 
     def abandoned(
-        self, owner: str, *, now: float, died: bool, detail: str = "", reached: dict[int, tuple[float, float]] | None = None
+        self, owner: str, *, now: float, died: bool, detail: str = "", reached: dict[int, tuple[float, float]] | None = None,
+        killed: bool = False,
     ) -> list[Job]:
         """The jobs a worker process held when it ended go back to the queue.
 
@@ -498,9 +500,10 @@ class Queue:
         A file that kills the worker by itself dies in the same chunk every time and collects its
         strikes; a good file killed at random moments almost always gets a chunk further."""
         cond = (jobs.c.state == State.RUNNING.value) & (jobs.c.lease_owner == owner)
-        cause = Cause.WORKER_DIED if died else Cause.WORKER_EXITED
+        cause = Cause.KILLED if killed else Cause.WORKER_DIED if died else Cause.WORKER_EXITED
         with self._write() as conn:
-            return self._requeue(conn, cond, now=now, cause=cause, detail=detail, reached=reached or {}, evidence=died)
+            return self._requeue(conn, cond, now=now, cause=cause, detail=detail, reached=reached or {},
+                                 evidence=died and not killed)
 
     def _requeue(
         self, conn: Connection, cond: Any, *, now: float, cause: Cause, detail: str = "",

@@ -256,3 +256,11 @@ def test_copies_wait_only_in_folders_that_skip_them(queue):
     assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[0]).rel == "b.wav"  # folder 1 transcribes copies
     assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[0]) is None  # c, in folder 0, waits for a
     assert queue.claim("w", now=10, lease_seconds=60, copies_wait=[]).rel == "c.wav"
+
+
+def test_a_worker_killed_from_outside_leaves_nothing_against_its_files(queue):
+    add(queue, "a.wav")
+    job = queue.claim("w", now=0, lease_seconds=60)
+    (back,) = queue.abandoned("w", now=1, died=True, killed=True, detail="killed by signal SIGKILL", reached={job.id: (0.0, 24.0)})
+    assert (back.strikes, back.suspect_until) == (0, None)
+    assert [(i.cause, i.strike) for i in back.interruptions] == [(Cause.KILLED, False)]

@@ -56,3 +56,25 @@ def test_a_zombie_is_not_alive_so_its_leases_go_back_at_once():
         child.kill()
         child.wait()
     assert not pid_alive(child.pid)
+
+
+def test_a_sigkill_is_a_kill_from_outside_only_when_the_out_of_memory_killer_did_nothing(monkeypatch, tmp_path):
+    import signal
+
+    from daemon import platform
+    from daemon.platform import linux
+    from daemon.procs import WorkerProcess
+
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1\noom_kill 7\n")
+    assert linux.oom_kills(vmstat) == 7
+    assert linux.oom_kills(tmp_path / "missing") is None
+    w = WorkerProcess.__new__(WorkerProcess)
+    w.oom_kills_at_start = 7
+    monkeypatch.setattr(platform, "oom_kills", lambda: 7)
+    assert w.killed_from_outside(-signal.SIGKILL)
+    assert not w.killed_from_outside(-signal.SIGSEGV) and not w.killed_from_outside(-signal.SIGABRT)
+    monkeypatch.setattr(platform, "oom_kills", lambda: 8)  # the kernel ended a process for its memory meanwhile
+    assert not w.killed_from_outside(-signal.SIGKILL)
+    w.oom_kills_at_start = None  # unknown (macOS): a SIGKILL may be the memory's doing
+    assert not w.killed_from_outside(-signal.SIGKILL)
