@@ -95,8 +95,9 @@ def missing_folder_fault(index: int, folder: Path, is_inbox: bool) -> Fault:
     the Mac's own disk: the work it concerns waits until it is back."""
     if is_inbox:
         return inbox_fault(index, folder)
-    return Fault(f"folder:{folder}", f"paused: {folder} is not there (is its disk connected?); "
-                                     "whisperd goes on by itself when it can write there again", path=str(folder))
+    fault = folder_fault(FileNotFoundError(errno.ENOENT, "not there", str(folder)), [folder])
+    assert fault is not None  # a missing root is "gone"
+    return fault
 
 
 class KnownFolders:

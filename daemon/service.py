@@ -278,8 +278,7 @@ class Service:
                 elif d.is_dir():
                     known.add(d)
             for d in (folder.output, folder.archive, folder.failed):
-                if d.is_dir():
-                    files.sweep_temps(d)
+                files.sweep_temps(d)  # nothing to do where it is not there
         known.save()
         self._note_volumes()
         alive = [o for o in self.queue.running_owners() if _owner_alive(o)]
