@@ -2,13 +2,16 @@
 
 A: a backlog of short voice memos (every clip as its own file, the set repeated
 under distinct names). B, C: one long recording, clips joined by 0.7 s of
-silence, about 5 and 60 minutes. Built files are cached under bench/work/audio
+silence, about 5 and 60 minutes, each pass through the set in its own order (a
+fixed shuffle): in one fixed order the same clips met at the same cuts every
+pass, so C's errors were one arrangement's, 27 times over. Built files are cached under bench/work/audio
 and rebuilt only when missing; their references sit beside them in meta.json.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +22,7 @@ import numpy as np
 from tests import speech
 
 GAP_SECONDS = 0.7
+ORDER_SEED = 0  # the shuffle of each pass through the clips in B and C; changing it changes the workloads
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,10 @@ def short_files(root: Path, copies: int = 4, limit: int | None = None) -> Worklo
 
 
 def long_recording(root: Path, key: str, minutes: float) -> Workload:
-    """Clips joined with 0.7 s gaps (cycling through the set) until about ``minutes`` long, as one .m4a."""
+    """Clips joined with 0.7 s gaps until about ``minutes`` long, as one .m4a: the whole set over and
+    over, each pass in its own order (seeded, so B is the start of C)."""
     name = f"recording-{minutes:g}min.m4a"
-    folder = root / f"{key}-{minutes:g}min"
+    folder = root / f"{key}-{minutes:g}min-shuffled-{ORDER_SEED}"
     data = _load_meta(folder, [name])
     if data is None:
         if folder.exists():
@@ -92,11 +97,13 @@ def long_recording(root: Path, key: str, minutes: float) -> Workload:
         parts: list[np.ndarray] = []
         texts: list[str] = []
         length = 0
-        clips = speech.clips()
-        i = 0
+        rng = random.Random(ORDER_SEED)
+        order: list[str] = []
         while length < target - len(silence):
-            clip = clips[i % len(clips)]
-            i += 1
+            if not order:
+                order = list(speech.clips())
+                rng.shuffle(order)
+            clip = order.pop(0)
             audio = _clip(clip)
             parts += [audio, silence]
             texts.append(speech.manifest()[clip])
