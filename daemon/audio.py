@@ -364,6 +364,7 @@ _MAX_GAP = int(5.0 * SAMPLE_RATE)  # a longer pause ends the chunk instead of be
 _REANCHOR = int(2.0 * SAMPLE_RATE)  # speech starting later than this in a window gets a window of its own
 _LOOKAHEAD = int(2.0 * SAMPLE_RATE)  # audio looked at beyond the chunk budget
 _OVERLAP = int(1.0 * SAMPLE_RATE)  # when skipping silence, look again at the last second
+_WHOLE = int(MAX_CHUNK_SECONDS * SAMPLE_RATE)  # the end of a file: speech that fits one window is not cut
 
 
 def speech_regions(probs: np.ndarray) -> list[tuple[int, int]]:
@@ -410,6 +411,12 @@ def plan_window(probs: np.ndarray, n: int, eof: bool, max_chunk: int) -> _Plan:
     start = max(0, regions[0][0] - _PAD)
     if start > _REANCHOR:
         return _Plan(advance=start)
+    if eof:
+        # the rest of the file fits one window: decoded whole, as whisper.transcribe decodes a short
+        # file (a voice memo of 25 s is one utterance, and a cut in it costs the words beside it)
+        end = min(regions[-1][1] + _PAD, n)
+        if end - start <= _WHOLE and all(b[0] - a[1] <= _MAX_GAP for a, b in zip(regions, regions[1:])):
+            return _Plan(start, end)
     budget = start + max_chunk
     candidates: list[tuple[int, int]] = []  # (cut, length of the pause it falls in)
     for i, (s, e) in enumerate(regions):
@@ -531,7 +538,9 @@ def iter_chunks(
     """
     vad = vad or default_vad()
     max_chunk = int(round(min(max_chunk_s, MAX_CHUNK_SECONDS) * SAMPLE_RATE))
-    width = _REANCHOR + max_chunk + _LOOKAHEAD
+    width = _REANCHOR + max_chunk + _LOOKAHEAD  # what a chunk is chosen from
+    # read this far, to see whether the rest of the file fits one window (see plan_window)
+    reach = _REANCHOR + max(max_chunk, _WHOLE) + _LOOKAHEAD
     pos = max(0, round(start_at * SAMPLE_RATE))
     if container_format is None:
         container, _ = _open(path)
@@ -544,11 +553,13 @@ def iter_chunks(
     index = first_index
     try:
         while True:
-            audio = windows.window(pos, width)
-            n = len(audio)
-            if n == 0:
+            audio = windows.window(pos, reach)
+            if len(audio) == 0:
                 return
-            eof = n < width
+            eof = len(audio) < reach
+            if not eof:
+                audio = audio[:width]  # the file goes on: the chunk is chosen from the window alone
+            n = len(audio)
             plan = plan_window(vad.probabilities(audio), n, eof, max_chunk)
             if plan.end > plan.start:
                 yield Chunk(

@@ -314,6 +314,19 @@ def test_speech_longer_than_the_budget_is_cut_where_quietest():
     assert plan.end == pytest.approx(22 * SR, abs=3 * Vad.FRAME)
 
 
+def test_the_end_of_a_file_that_fits_one_window_is_not_cut():
+    # one 29 s utterance with short pauses, as a voice memo is: whole, not cut at 24 s
+    p = _probs(30, [(0.5, 12), (12.3, 19), (19.3, 29.2)])
+    whole = plan_window(p, 30 * SR, eof=True, max_chunk=24 * SR)
+    assert whole.start == pytest.approx(0.1 * SR, abs=Vad.FRAME)
+    assert whole.end == pytest.approx(29.6 * SR, abs=Vad.FRAME)
+    # the same speech with the file going on is cut within the budget
+    assert plan_window(p, 28 * SR, eof=False, max_chunk=24 * SR).end <= 24.1 * SR
+    # more than a window's speech left, or a long pause in it: cut as usual
+    assert plan_window(_probs(34, [(0.5, 33)]), 34 * SR, eof=True, max_chunk=24 * SR).end <= 24.5 * SR
+    assert plan_window(_probs(30, [(0.5, 8), (14, 20)]), 30 * SR, eof=True, max_chunk=24 * SR).end <= 8.5 * SR
+
+
 def test_late_speech_gets_its_own_window():
     p = _probs(34, [(10, 15)])
     plan = plan_window(p, 34 * SR, eof=False, max_chunk=30 * SR)
